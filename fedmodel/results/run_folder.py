@@ -1,0 +1,144 @@
+"""The run folder: resolved config, per-round metrics, final model, each client's ledger.
+
+Files are rewritten atomically after every round, so a run that dies keeps everything
+up to its last finished round.
+
+Layout::
+
+    <run-dir>/
+      config.json          resolved run config (+ how the run was driven)
+      metrics.json         one object per round (see RoundMetrics)
+      metrics.csv          the same, as a table
+      model.pt             global model state dict (loads into build_model(name, ...))
+      privacy/<client>.json  each client's ledger: accountant history, δ, ε
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmodel.config import RunConfig
+from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What one round produced, as printed and stored.
+
+    ``epsilon_max`` / ``epsilon_mean`` are over every client that has trained so far,
+    each client's ε being cumulative over all its DP-SGD steps in the run (and earlier
+    runs, for a node that keeps its ledger). ``nan`` when central evaluation is off.
+    """
+
+    round: int
+    test_accuracy: float
+    test_loss: float
+    epsilon_max: float
+    epsilon_mean: float
+    clients_trained: int
+    clients_failed: int
+    train_loss: float
+    seconds: float
+
+    def line(self, *, num_rounds: int, dp: bool) -> str:
+        """The one line printed per round."""
+        privacy = (
+            f"ε max {self.epsilon_max:.3f} mean {self.epsilon_mean:.3f}" if dp else "ε ∞ (DP off)"
+        )
+        failed = f" | {self.clients_failed} failed" if self.clients_failed else ""
+        return (
+            f"round {self.round:>{len(str(num_rounds))}}/{num_rounds} | "
+            f"test acc {self.test_accuracy:.4f} | test loss {self.test_loss:.4f} | "
+            f"{privacy} | {self.clients_trained} clients{failed} | {self.seconds:.2f} s"
+        )
+
+
+def privacy_header(config: RunConfig) -> str:
+    """The line that says what every printed ε means."""
+    if not config.dp:
+        return "DP off: plain SGD, no privacy guarantee (ε = ∞)."
+    return (
+        f"ε: record-level DP per client, cumulative over all of the client's DP-SGD steps, "
+        f"{ACCOUNTANT_NAMES[config.accountant]} accountant, δ = {config.delta:g}"
+    )
+
+
+def default_run_dir(config: RunConfig, *, root: str | os.PathLike[str] = "runs") -> Path:
+    """A new, unused folder name under ``root``: ``<time>-<dataset>-<model>[-n]``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{config.dataset}-{config.model}{'-dp' if config.dp else ''}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+class RunFolder:
+    """Writes one run's results; every write is atomic (temp file, then rename)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.rounds: list[RoundMetrics] = []
+
+    def create(self, config: RunConfig, *, extra: dict[str, Any] | None = None) -> None:
+        """Make the folder (refusing one that already holds a run) and write the config."""
+        if (self.path / "config.json").exists():
+            raise FileExistsError(f"run-dir {str(self.path)!r} already holds a run; choose another")
+        (self.path / "privacy").mkdir(parents=True, exist_ok=True)
+        document = {"run_config": config.to_mapping(), **(extra or {})}
+        _write_text(self.path / "config.json", json.dumps(document, indent=2) + "\n")
+
+    def add_round(self, metrics: RoundMetrics) -> None:
+        self.rounds.append(metrics)
+        rows = [asdict(r) for r in self.rounds]
+        _write_text(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)])
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
+        with tempfile.NamedTemporaryFile(dir=self.path, suffix=".pt", delete=False) as tmp:
+            torch.save(state_dict, tmp)
+        os.replace(tmp.name, self.path / "model.pt")
+
+    def save_ledger(self, client: str, ledger: dict[str, Any]) -> None:
+        """Write ``privacy/<client>.json`` (``ledger`` holds history, δ, ε, ...)."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
+        _write_text(self.path / "privacy" / f"{safe}.json", json.dumps(ledger, indent=2) + "\n")
+
+
+def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:
+    """Read back ``metrics.json`` of a run folder."""
+    rows = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return [RoundMetrics(**row) for row in rows]
+
+
+def _write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
+    ) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+__all__ = [
+    "RoundMetrics",
+    "RunFolder",
+    "default_run_dir",
+    "load_metrics",
+    "privacy_header",
+]

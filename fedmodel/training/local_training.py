@@ -1,0 +1,173 @@
+"""One client's local training: DP-SGD with Opacus, or plain SGD through the same loop."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedmodel.privacy.ledger import PrivacyLedger
+
+GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a client trains in one round.
+
+    ``batch_size`` is the *expected* batch size: under DP, batches are drawn by Poisson
+    sampling with rate ``1 / ceil(N / batch_size)`` (Opacus's convention), so their
+    realised size varies around it.
+    """
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float = 0.0
+    dp: bool = True
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(
+                f"unknown grad_sample_mode {self.grad_sample_mode!r}: "
+                f"must be one of {', '.join(GRAD_SAMPLE_MODES)}"
+            )
+
+
+@dataclass(frozen=True)
+class LocalTrainingResult:
+    """What a round of local training produced."""
+
+    state_dict: dict[str, torch.Tensor]
+    num_examples: int
+    mean_loss: float
+    steps: int
+
+
+def sample_rate_for(num_examples: int, batch_size: int) -> float:
+    """Poisson sampling rate for an expected ``batch_size``: ``1 / ceil(N / B)`` (as Opacus)."""
+    if num_examples < 1:
+        raise ValueError("cannot train on an empty dataset")
+    return 1.0 / -(-num_examples // batch_size)
+
+
+def train_locally(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    settings: TrainingSettings,
+    ledger: PrivacyLedger | None,
+    seed: int,
+) -> LocalTrainingResult:
+    """Train ``model`` in place for ``settings.epochs`` epochs over ``dataset``.
+
+    With ``settings.dp``, DP-SGD (Abadi et al. 2016, https://arxiv.org/abs/1607.00133)
+    via Opacus: Poisson-sampled batches, each example's gradient clipped to
+    ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added
+    to the sum, divided by the expected batch size. Every step is recorded in
+    ``ledger`` (required under DP). Without DP, plain SGD on shuffled batches.
+
+    The loss is summed over the batch and divided by the expected batch size, a public
+    constant, never averaged over the realised (private) batch size (Opacus issue
+    #819). Opacus then sees a per-example loss ``l_i / B``, whose gradient is the true
+    one scaled by ``1 / B``; clipping that at ``max_grad_norm / B`` and adding noise of
+    std ``sigma * max_grad_norm / B`` is exactly DP-SGD with clip ``max_grad_norm``,
+    divided by ``B``. The accountant depends only on sigma and the sampling rate.
+
+    Returns the weights of the unwrapped module (no ``_module.`` prefix).
+    """
+    num_examples = len(dataset)  # type: ignore[arg-type]
+    sample_rate = sample_rate_for(num_examples, settings.batch_size)
+    expected_batch_size = sample_rate * num_examples
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout-free models: only guards any library-internal RNG use
+    loader = DataLoader(
+        dataset, batch_size=settings.batch_size, shuffle=not settings.dp, generator=generator
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum
+    )
+    criterion: nn.Module = nn.CrossEntropyLoss(reduction="sum")
+    trained: nn.Module = model
+    if settings.dp:
+        if ledger is None:
+            raise ValueError("DP training needs a PrivacyLedger to record its steps")
+        with warnings.catch_warnings():
+            # Opacus warns that its non-secure RNG is on: seeded, reproducible noise is
+            # what simulations need (see README, "Privacy guarantees", on secure_mode).
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=ledger.accountant_name)
+            engine.accountant = ledger.accountant  # Opacus records each step in our ledger
+            noise_generator = torch.Generator().manual_seed(seed + 1)
+            prepared = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                criterion=criterion,
+                data_loader=loader,
+                noise_multiplier=settings.noise_multiplier,
+                max_grad_norm=settings.max_grad_norm / expected_batch_size,
+                loss_reduction="sum",
+                poisson_sampling=True,
+                grad_sample_mode=settings.grad_sample_mode,
+                noise_generator=noise_generator,
+            )
+        if settings.grad_sample_mode == "ghost":
+            trained, optimizer, criterion, loader = prepared
+        else:
+            trained, optimizer, loader = prepared
+
+    trained.train()
+    total_loss, total_seen, steps = 0.0, 0, 0
+    with warnings.catch_warnings():
+        # Opacus's hooks fire on the first layer even though inputs need no gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(settings.epochs):
+            for x, y in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = criterion(trained(x), y) / expected_batch_size
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                total_loss += float(loss.item()) * expected_batch_size
+                total_seen += len(y)
+    if settings.dp and hasattr(trained, "_close"):
+        trained._close()  # remove Opacus hooks so ``model`` is a plain module again
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return LocalTrainingResult(
+        state_dict=state,
+        num_examples=num_examples,
+        mean_loss=total_loss / max(total_seen, 1),
+        steps=steps,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` (a plain, unwrapped module)."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        logits = model(x)
+        total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+        seen += len(y)
+    if seen == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return total_loss / seen, correct / seen

@@ -1,0 +1,1 @@
+"""The Flower ServerApp (``server.server_app:app``) and its strategies."""

@@ -1,0 +1,1 @@
+"""Server-side strategy wrappers (composed around Flower strategies)."""
