@@ -136,7 +136,8 @@ def _load_ledger(context: Context, config: RunConfig) -> PrivacyLedger:
     ledger = PrivacyLedger(accountant=config.accountant, delta=config.delta)
     if LEDGER_STATE_KEY in context.state:
         record = context.state[LEDGER_STATE_KEY]
-        ledger.load_state_dict(record_to_ledger(record, source=f"context of {client_name(context)}"))
+        source = f"context of {client_name(context)}"
+        ledger.load_state_dict(record_to_ledger(record, source=source))
     return ledger
 
 

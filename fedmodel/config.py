@@ -61,7 +61,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
-        _check_range("num_server_rounds", self.num_server_rounds, ">= 1", self.num_server_rounds >= 1)
+        _check_range(
+            "num_server_rounds", self.num_server_rounds, ">= 1", self.num_server_rounds >= 1
+        )
         _check_range(
             "fraction_train", self.fraction_train, "in (0, 1]", 0 < self.fraction_train <= 1
         )
@@ -89,9 +91,7 @@ class RunConfig:
             "shards_per_client", self.shards_per_client, ">= 1", self.shards_per_client >= 1
         )
         _check_range("seed", self.seed, ">= 0", self.seed >= 0)
-        _check_range(
-            "noise_multiplier", self.noise_multiplier, ">= 0", self.noise_multiplier >= 0
-        )
+        _check_range("noise_multiplier", self.noise_multiplier, ">= 0", self.noise_multiplier >= 0)
         _check_range(
             "target_epsilon",
             self.target_epsilon,
@@ -167,7 +167,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
 
 def _check_range(name: str, value: Any, allowed: str, ok: bool) -> None:
     if not ok:
-        raise ConfigError(f"run-config key '{_kebab(name)}' = {value!r} is out of range: must be {allowed}")
+        raise ConfigError(
+            f"run-config key '{_kebab(name)}' = {value!r} is out of range: must be {allowed}"
+        )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

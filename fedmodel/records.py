@@ -40,11 +40,19 @@ def record_to_ledger(record: ConfigRecord, *, source: str) -> dict[str, Any]:
     if not (
         isinstance(sigmas, list) and isinstance(rates, list) and isinstance(steps, list)
     ) or not (len(sigmas) == len(rates) == len(steps)):
-        raise ValueError(f"privacy record from {source}: sigmas, sample-rates, steps must be equal-length lists")
-    if any(s < 0 for s in sigmas) or any(not 0 < q <= 1 for q in rates) or any(n < 0 for n in steps):
+        raise ValueError(
+            f"privacy record from {source}: sigmas, sample-rates, steps must be equal-length lists"
+        )
+    if (
+        any(s < 0 for s in sigmas)
+        or any(not 0 < q <= 1 for q in rates)
+        or any(n < 0 for n in steps)
+    ):
         raise ValueError(f"privacy record from {source}: history values out of range")
     return {
         "accountant": record["accountant"],
         "delta": float(record["delta"]),  # type: ignore[arg-type]
-        "history": [[float(s), float(q), int(n)] for s, q, n in zip(sigmas, rates, steps, strict=True)],
+        "history": [
+            [float(s), float(q), int(n)] for s, q, n in zip(sigmas, rates, steps, strict=True)
+        ],
     }

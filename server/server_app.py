@@ -60,7 +60,9 @@ def main(grid: Grid, context: Context) -> None:
 
     def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, splits.test) if splits.test is not None else (math.nan,) * 2
+        loss, accuracy = (
+            evaluate(model, splits.test) if splits.test is not None else (math.nan,) * 2
+        )
         if server_round == 0:
             clock["last"] = time.perf_counter()
             return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})

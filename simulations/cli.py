@@ -13,7 +13,7 @@ from fedmodel.config import ConfigError, RunConfig
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` with a TOML value (``3``, ``0.5``, ``true``, ``"cnn"``); bare words are strings."""
+    """Parse ``key=value``; the value is TOML (``3``, ``0.5``, ``true``), bare words are strings."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, raw = (part.strip() for part in text.split("=", 1))
@@ -31,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate", help="run a federated job in this process (ServerApp + ClientApps)"
     )
-    simulate.add_argument("--clients", type=int, default=10, help="number of clients (default 10)")
+    simulate.add_argument(
+        "--config",
+        metavar="EXPERIMENT.toml",
+        help="run an experiment file: one run or a grid (see simulations/experiments.py)",
+    )
+    simulate.add_argument(
+        "--clients", type=int, help="number of clients (default 10, or the experiment file's)"
+    )
     simulate.add_argument(
         "--set",
         dest="overrides",
@@ -41,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
     )
-    simulate.add_argument("--run-dir", help="where to write the run folder (default runs/<time>-...)")
+    simulate.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
     simulate.add_argument("--verbose", action="store_true", help="also show Flower's log")
+    simulate.add_argument(
+        "--dry-run", action="store_true", help="with --config: validate and list the runs only"
+    )
+    simulate.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    simulate.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)"
+    )
 
     download = commands.add_parser("download", help="download MNIST or Fashion-MNIST (checksummed)")
     download.add_argument("dataset", choices=["mnist", "fashion-mnist"])
@@ -63,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.config:
+        from simulations.experiments import run_from_command_line
+
+        return run_from_command_line(args)
+    from fedmodel.results import default_run_dir
+    from simulations.progress import RoundProgress
     from simulations.simulate import simulate
 
     started = time.perf_counter()
@@ -71,10 +91,21 @@ def _simulate(args: argparse.Namespace) -> int:
         values["run-dir"] = args.run_dir
     try:
         config = RunConfig.from_mapping(values)
-        result = simulate(config, num_clients=args.clients, verbose=args.verbose)
+        if not config.run_dir:  # fixed here so the progress bar knows which folder to follow
+            config = config.replace(run_dir=str(default_run_dir(config)))
+        with RoundProgress(run_dir=config.run_dir, config=config, enabled=not args.no_progress):
+            result = simulate(
+                config,
+                num_clients=10 if args.clients is None else args.clients,
+                verbose=args.verbose,
+            )
     except ConfigError as error:
         print(f"fedmodel: invalid config: {error}", file=sys.stderr)
         return 2
+    if not args.no_plots:
+        from simulations.plots import plot_run
+
+        print(f"plots: {plot_run(result.run_dir)}")
     final = result.final
     print(
         f"done in {time.perf_counter() - started:.1f} s: test accuracy {final.test_accuracy:.4f}"

@@ -100,7 +100,9 @@ def check_delta(config: RunConfig, *, num_clients: int) -> None:
     try:
         sizes = partition_sizes(config, num_partitions=num_clients)
     except ValueError as error:
-        raise ConfigError(f"cannot split dataset {config.dataset!r} for {num_clients} clients: {error}") from error
+        raise ConfigError(
+            f"cannot split dataset {config.dataset!r} for {num_clients} clients: {error}"
+        ) from error
     smallest = min(sizes)
     if config.dp and config.delta >= 1.0 / smallest:
         raise ConfigError(

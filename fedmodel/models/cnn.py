@@ -42,7 +42,9 @@ class CNN(nn.Module):
         if len(shape) == 2:
             shape = (1, *shape)
         if len(shape) != 3:
-            raise ValueError(f"CNN needs (C, H, W) or (H, W) inputs, got shape {tuple(input_shape)}")
+            raise ValueError(
+                f"CNN needs (C, H, W) or (H, W) inputs, got shape {tuple(input_shape)}"
+            )
         self.input_shape = shape
         blocks: list[nn.Module] = []
         in_channels, height, width = shape
@@ -73,4 +75,3 @@ class CNN(nn.Module):
 def _num_groups(channels: int) -> int:
     """The largest group count <= 8 that divides ``channels``."""
     return math.gcd(channels, 8) or 1
-
