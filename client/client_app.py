@@ -3,7 +3,15 @@
 Node config (``--node-config`` of a SuperNode, or set by a simulation engine):
 
 ``partition-id`` / ``num-partitions``
-    Which share of the built-in dataset named in the run config this node holds.
+    Which share of the dataset named in the run config this node holds.
+``data-path``
+    This node's own data (run-config ``dataset = "custom"``): a file, folder or
+    ``package.module:function`` (README, "Use your own data"). It replaces
+    ``partition-id`` / ``num-partitions``.
+``state-dir``
+    A node-local directory where the node keeps its privacy ledger across runs
+    (``fedmodel.privacy.ledger_store``): a later run on the same data starts from the
+    ε already spent. Without it, ε is cumulative within one run only.
 
 Per-client state that must outlive one message lives in ``context.state``:
 
@@ -16,15 +24,31 @@ Per-client state that must outlive one message lives in ``context.state``:
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmodel.config import RunConfig
-from fedmodel.data import load_dataset, load_partition
+from fedmodel.data import data_shape, load_partition
+from fedmodel.data.sources import (
+    DataDescription,
+    SourceData,
+    check_fits,
+    check_trainable,
+    client_source,
+)
 from fedmodel.models import build_model
 from fedmodel.privacy import PrivacyLedger, noise_for_target_epsilon
-from fedmodel.records import ledger_to_record, record_to_ledger
+from fedmodel.privacy.ledger_store import LedgerStore, data_key
+from fedmodel.records import (
+    description_to_record,
+    ledger_to_record,
+    record_to_federation,
+    record_to_ledger,
+)
 from fedmodel.training import TrainingSettings, evaluate, sample_rate_for, train_locally
 
 LEDGER_STATE_KEY = "privacy-ledger"
@@ -40,9 +64,17 @@ def train(msg: Message, context: Context) -> Message:
     dataset = _client_dataset(context, config)
     client = client_name(context)
     server_round = int(msg.content["config"]["server-round"])
-    model = _model_for(config)
+    model = _model_for(config, msg, context)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
 
+    if config.dataset == "custom":
+        check_trainable(
+            len(dataset),
+            batch_size=config.batch_size,
+            dp=config.dp,
+            delta=config.delta,
+            origin=_custom_data(context, config).origin,
+        )
     ledger = _load_ledger(context, config)
     noise = _noise_multiplier(context, config, num_examples=len(dataset))
     if config.dp and config.delta >= 1.0 / len(dataset):
@@ -67,7 +99,9 @@ def train(msg: Message, context: Context) -> Message:
         ledger=ledger if config.dp else None,
         seed=_training_seed(config.seed, server_round, context),
     )
-    epsilon = ledger.epsilon() if config.dp else float("inf")
+    # The update leaves the node only after its steps are on the node's disk.
+    total = _node_total(ledger, context, config, num_examples=len(dataset), steps=result.steps)
+    epsilon = total.epsilon() if config.dp else float("inf")
     content = RecordDict(
         {
             "arrays": ArrayRecord(result.state_dict),
@@ -84,23 +118,49 @@ def train(msg: Message, context: Context) -> Message:
         state = ledger.state_dict()
         context.state[LEDGER_STATE_KEY] = ledger_to_record(state)
         content["privacy"] = ledger_to_record(
-            state, client=client, epsilon=epsilon, **{"noise-multiplier": noise}
+            total.state_dict(), client=client, epsilon=epsilon, **{"noise-multiplier": noise}
         )
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this client's local data."""
+    """Evaluate the received global model on this client's local data.
+
+    Custom data with a test split of its own (a Python loader's ``(train, test)``
+    pair) is evaluated on that split, otherwise on the client's training data.
+    """
     config = RunConfig.from_mapping(context.run_config)
     dataset = _client_dataset(context, config)
-    model = _model_for(config)
+    if config.dataset == "custom" and _custom_data(context, config).test is not None:
+        dataset = _custom_data(context, config).test.dataset  # type: ignore[union-attr]
+    model = _model_for(config, msg, context)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loss, accuracy = evaluate(model, dataset)
     metrics = MetricRecord(
         {"num-examples": len(dataset), "eval-loss": loss, "eval-accuracy": accuracy}
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def describe_data(msg: Message, context: Context) -> Message:
+    """Tell the server what this client's data looks like, checked to be trainable.
+
+    The server asks every node before round 1 (``dataset = "custom"``) and builds the
+    model from the replies; bad data raises here, and the error reaches the server.
+    """
+    config = RunConfig.from_mapping(context.run_config)
+    source = _custom_data(context, config)
+    check_trainable(
+        len(source.train),
+        batch_size=config.batch_size,
+        dp=config.dp,
+        delta=config.delta,
+        origin=source.origin,
+    )
+    record = description_to_record(DataDescription.of(source))
+    return Message(content=RecordDict({"data": record}), reply_to=msg)
 
 
 def client_name(context: Context) -> str:
@@ -111,6 +171,8 @@ def client_name(context: Context) -> str:
 
 
 def _client_dataset(context: Context, config: RunConfig):
+    if config.dataset == "custom" or "data-path" in context.node_config:
+        return _custom_data(context, config).train.dataset
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError(
@@ -122,12 +184,22 @@ def _client_dataset(context: Context, config: RunConfig):
     )
 
 
-def _model_for(config: RunConfig):
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+def _custom_data(context: Context, config: RunConfig) -> SourceData:
+    return client_source(config, node_config=context.node_config)  # cached per process
+
+
+def _model_for(config: RunConfig, msg: Message, context: Context):
+    if config.dataset == "custom":
+        # The server agreed on the model input across clients; it comes with the message.
+        federation = record_to_federation(msg.content["config"])
+        check_fits(_custom_data(context, config), federation)
+        input_shape, num_classes = federation.input_shape, federation.num_classes
+    else:
+        input_shape, num_classes = data_shape(config)
     return build_model(
         config.model,
-        input_shape=splits.input_shape,
-        num_classes=splits.num_classes,
+        input_shape=input_shape,
+        num_classes=num_classes,
         hidden_sizes=config.hidden_layer_sizes,
     )
 
@@ -139,6 +211,61 @@ def _load_ledger(context: Context, config: RunConfig) -> PrivacyLedger:
         source = f"context of {client_name(context)}"
         ledger.load_state_dict(record_to_ledger(record, source=source))
     return ledger
+
+
+def _node_total(
+    ledger: PrivacyLedger, context: Context, config: RunConfig, *, num_examples: int, steps: int
+) -> PrivacyLedger:
+    """This run's ledger, plus every earlier run's steps on a node with a ``state-dir``.
+
+    The Context keeps only this run's steps and the store keeps each run's steps under
+    its run id, so no step is counted twice. A run without DP is stored as steps
+    without noise: the data it trained on has no finite guarantee from then on.
+    """
+    state_dir = context.node_config.get("state-dir")
+    if not state_dir:
+        return ledger
+    store = LedgerStore(str(state_dir))
+    identity = _data_identity(context, config)
+    key = data_key(identity)
+    if config.dp:
+        history = ledger.state_dict()["history"]
+    else:
+        previous = store.read(key)["runs"].get(str(context.run_id), {"history": []})["history"]
+        history = [*previous, [0.0, sample_rate_for(num_examples, config.batch_size), steps]]
+    store.record_run(key, run_id=context.run_id, history=history, data=identity)
+    total = PrivacyLedger(accountant=config.accountant, delta=config.delta)
+    total.load_state_dict(
+        {
+            "accountant": config.accountant,
+            "history": store.prior_history(key, run_id=context.run_id) + history,
+        }
+    )
+    return total
+
+
+def _data_identity(context: Context, config: RunConfig) -> dict[str, Any]:
+    """What data this node trains on: the key of its ledger across runs."""
+    node = context.node_config
+    if config.dataset == "custom" or "data-path" in node:
+        path = str(node.get("data-path", config.data_path))
+        # A file or folder by absolute path; a `package.module:function` loader as is.
+        return {"data-path": os.path.abspath(path) if os.path.exists(path) else path}
+    identity: dict[str, Any] = {
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "partitioner": config.partitioner,
+        "partition-id": int(node["partition-id"]),
+        "num-partitions": int(node["num-partitions"]),
+    }
+    if config.partitioner == "dirichlet":
+        identity["dirichlet-alpha"] = config.dirichlet_alpha
+    if config.partitioner == "shards":
+        identity["shards-per-client"] = config.shards_per_client
+    if config.dataset == "synthetic":
+        identity["synthetic-alpha"] = config.synthetic_alpha
+        identity["synthetic-beta"] = config.synthetic_beta
+    return identity
 
 
 def _noise_multiplier(context: Context, config: RunConfig, *, num_examples: int) -> float:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MODELS = ("mlp", "cnn")
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "custom", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
+IMAGE_MODES = ("L", "RGB")
 
 
 class ConfigError(ValueError):
@@ -34,29 +35,45 @@ class RunConfig:
     test keeps the two equal).
     """
 
-    num_server_rounds: int = 20
+    num_server_rounds: int = 30
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.5
+    batch_size: int = 64
+    learning_rate: float = 2.0
     momentum: float = 0.0
     model: str = "mlp"
     hidden_sizes: str = "64"
     dataset: str = "digits"
     data_dir: str = ""
+    # dataset = "custom" (README, "Use your own data"): where the data is and how to read it.
+    data_path: str = ""
+    test_data: str = ""
+    num_classes: int = 0
+    x_key: str = "x"
+    y_key: str = "y"
+    label_column: str = "label"
+    image_mode: str = "L"
+    image_size: str = ""
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     shards_per_client: int = 2
+    # dataset = "synthetic": Synthetic(alpha, beta) of FedProx (fedmodel/data/synthetic.py).
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
     seed: int = 0
     dp: bool = True
     noise_multiplier: float = 1.5
-    target_epsilon: float = 0.0
+    target_epsilon: float = 8.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
     grad_sample_mode: str = "hooks"
     run_dir: str = ""
+    # Faults (README, "Deploy"): a round ends when every sampled node replied or after
+    # round-timeout seconds; with fewer than min-train-replies updates the model is kept.
+    min_train_replies: int = 1
+    round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -85,10 +102,42 @@ class RunConfig:
             _parse_sizes(self.hidden_sizes) is not None,
         )
         _check_choice("dataset", self.dataset, DATASETS)
+        for name in ("data_path", "test_data"):
+            _check_range(
+                name,
+                getattr(self, name),
+                "empty unless dataset = 'custom'",
+                not getattr(self, name) or self.dataset == "custom",
+            )
+        _check_range(
+            "num_classes",
+            self.num_classes,
+            ">= 2 (or 0 to infer it from the data)",
+            self.num_classes == 0 or self.num_classes >= 2,
+        )
+        for name in ("x_key", "y_key", "label_column"):
+            _check_range(name, getattr(self, name), "a non-empty name", bool(getattr(self, name)))
+        _check_range("y_key", self.y_key, "different from x-key", self.y_key != self.x_key)
+        _check_choice("image_mode", self.image_mode, IMAGE_MODES)
+        _check_range(
+            "image_size",
+            self.image_size,
+            "'' (keep) or WIDTHxHEIGHT or one side, e.g. '28x28' or '28'",
+            self.image_size == "" or _parse_image_size(self.image_size) is not None,
+        )
         _check_choice("partitioner", self.partitioner, PARTITIONERS)
         _check_range("dirichlet_alpha", self.dirichlet_alpha, "> 0", self.dirichlet_alpha > 0)
         _check_range(
             "shards_per_client", self.shards_per_client, ">= 1", self.shards_per_client >= 1
+        )
+        _check_range("synthetic_alpha", self.synthetic_alpha, ">= 0", self.synthetic_alpha >= 0)
+        _check_range("synthetic_beta", self.synthetic_beta, ">= 0", self.synthetic_beta >= 0)
+        _check_range(
+            "partitioner",
+            self.partitioner,
+            "'iid' for dataset 'synthetic' (its clients are generated apart; "
+            "set synthetic-alpha / synthetic-beta for heterogeneity)",
+            self.dataset != "synthetic" or self.partitioner == "iid",
         )
         _check_range("seed", self.seed, ">= 0", self.seed >= 0)
         _check_range("noise_multiplier", self.noise_multiplier, ">= 0", self.noise_multiplier >= 0)
@@ -102,6 +151,10 @@ class RunConfig:
         _check_range("delta", self.delta, "in (0, 1)", 0 < self.delta < 1)
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        _check_range(
+            "min_train_replies", self.min_train_replies, ">= 1", self.min_train_replies >= 1
+        )
+        _check_range("round_timeout", self.round_timeout, "> 0 seconds", self.round_timeout > 0)
 
     @property
     def hidden_layer_sizes(self) -> tuple[int, ...]:
@@ -109,6 +162,11 @@ class RunConfig:
         sizes = _parse_sizes(self.hidden_sizes)
         assert sizes is not None  # validated in __post_init__
         return sizes
+
+    @property
+    def image_size_pixels(self) -> tuple[int, int] | None:
+        """``image-size`` as ``(width, height)``, or None to keep each image's size."""
+        return _parse_image_size(self.image_size) if self.image_size else None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -147,6 +205,15 @@ def _parse_sizes(text: str) -> tuple[int, ...] | None:
     if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
         return None
     return tuple(int(p) for p in parts)
+
+
+def _parse_image_size(text: str) -> tuple[int, int] | None:
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

@@ -1,4 +1,4 @@
-"""The one Flower adapter in fedmodel: privacy ledgers to and from Flower records.
+"""The one Flower adapter in fedmodel: privacy ledgers (and data descriptions) as records.
 
 A client sends its ledger with every training reply (under the ``"privacy"`` key) and
 keeps it in its Context state; both are Flower ``ConfigRecord``s of flat lists, since
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from flwr.app import ConfigRecord
+
+from fedmodel.data.sources.federation import DataDescription, FederationData
 
 LEDGER_KEYS = ("accountant", "delta", "sigmas", "sample-rates", "steps")
 
@@ -56,3 +58,61 @@ def record_to_ledger(record: ConfigRecord, *, source: str) -> dict[str, Any]:
             [float(s), float(q), int(n)] for s, q, n in zip(sigmas, rates, steps, strict=True)
         ],
     }
+
+
+# -- custom data: what a client holds, and the model input the server agreed on -------
+
+
+def description_to_record(description: DataDescription) -> ConfigRecord:
+    """A client's data description (its reply to the server's data query)."""
+    return ConfigRecord(
+        {
+            "input-shape": list(description.input_shape),
+            "num-classes": description.num_classes,
+            "num-examples": description.num_examples,
+            "class-names": list(description.class_names),
+            "origin": description.origin,
+        }
+    )
+
+
+def record_to_description(record: ConfigRecord, *, source: str) -> DataDescription:
+    """Back to a description; a malformed record raises naming ``source``."""
+    try:
+        shape, names = record["input-shape"], record["class-names"]
+        if not isinstance(shape, list) or not isinstance(names, list):
+            raise TypeError("input-shape and class-names must be lists")
+        description = DataDescription(
+            input_shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
+            num_classes=int(record["num-classes"]),  # type: ignore[arg-type]
+            num_examples=int(record["num-examples"]),  # type: ignore[arg-type]
+            class_names=tuple(str(n) for n in names),
+            origin=str(record["origin"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"data description from {source} is malformed: {error}") from error
+    if (
+        not description.input_shape
+        or min(description.input_shape) < 1
+        or description.num_classes < 1
+        or description.num_examples < 1
+    ):
+        raise ValueError(f"data description from {source} is out of range: {description}")
+    return description
+
+
+def federation_to_record(federation: FederationData) -> ConfigRecord:
+    """The agreed model input, sent with every training and evaluation message."""
+    return ConfigRecord(
+        {"input-shape": list(federation.input_shape), "num-classes": federation.num_classes}
+    )
+
+
+def record_to_federation(record: ConfigRecord) -> FederationData:
+    """Back from :func:`federation_to_record` (the server's own record)."""
+    shape = record["input-shape"]
+    assert isinstance(shape, list)
+    return FederationData(
+        input_shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
+        num_classes=int(record["num-classes"]),  # type: ignore[arg-type]
+    )

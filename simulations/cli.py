@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -49,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
     )
     simulate.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
+    simulate.add_argument(
+        "--engine",
+        choices=["inprocess", "ray"],
+        default="inprocess",
+        help="inprocess (default) or ray: Flower's Simulation Engine via a local SuperLink; "
+        "set RAY_ADDRESS to use a running Ray cluster (README, 'Simulate at scale')",
+    )
+    simulate.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train clients in N worker processes (ray: N actors); default 0: in this process",
+    )
     simulate.add_argument("--verbose", action="store_true", help="also show Flower's log")
     simulate.add_argument(
         "--dry-run", action="store_true", help="with --config: validate and list the runs only"
@@ -61,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="download MNIST or Fashion-MNIST (checksummed)")
     download.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     download.add_argument("--data-dir", required=True, help="folder to write <dataset>.npz into")
+
+    from server.deployment.cli import add_commands  # parsers only: deploy-local, make-certs, ...
+
+    add_commands(commands, parse_assignment=parse_assignment)
     return parser
 
 
@@ -73,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"wrote {download(args.dataset, data_dir=args.data_dir)}")
         return 0
+    if args.command in ("deploy-local", "make-certs", "make-node-key"):
+        from server.deployment.cli import run
+
+        return run(args)
     return _simulate(args)
 
 
@@ -81,6 +103,7 @@ def _simulate(args: argparse.Namespace) -> int:
         from simulations.experiments import run_from_command_line
 
         return run_from_command_line(args)
+    from fedmodel.data.sources import DataError
     from fedmodel.results import default_run_dir
     from simulations.progress import RoundProgress
     from simulations.simulate import simulate
@@ -96,19 +119,27 @@ def _simulate(args: argparse.Namespace) -> int:
         with RoundProgress(run_dir=config.run_dir, config=config, enabled=not args.no_progress):
             result = simulate(
                 config,
-                num_clients=10 if args.clients is None else args.clients,
+                num_clients=args.clients,
                 verbose=args.verbose,
+                workers=args.workers,
+                engine=args.engine,
             )
     except ConfigError as error:
         print(f"fedmodel: invalid config: {error}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"fedmodel: bad data: {error}", file=sys.stderr)
         return 2
     if not args.no_plots:
         from simulations.plots import plot_run
 
         print(f"plots: {plot_run(result.run_dir)}")
     final = result.final
+    accuracy = f"test accuracy {final.test_accuracy:.4f}"
+    if math.isnan(final.test_accuracy):  # no central test set (custom data without test-data)
+        accuracy = f"client accuracy {final.client_accuracy:.4f} (no central test set)"
     print(
-        f"done in {time.perf_counter() - started:.1f} s: test accuracy {final.test_accuracy:.4f}"
+        f"done in {time.perf_counter() - started:.1f} s: {accuracy}"
         + (f", max client ε {final.epsilon_max:.3f}" if config.dp else ", DP off")
     )
     return 0

@@ -6,19 +6,29 @@ this Grid hands each Message straight to the ClientApp and returns its reply, so
 run starts as fast as Python imports. Each node keeps its own ``Context`` for the
 whole run, exactly as Flower's runtimes do, so ClientApp state (the privacy ledger)
 persists across rounds.
+
+Optionally a :class:`~simulations.worker_pool.WorkerPool` trains the clients of a round
+in parallel processes; the Contexts stay here and travel with each message.
+
+Memory stays flat in the number of clients: a node's Context is made when it first
+gets a message (so only clients that ever trained hold one, with their small ledger),
+and data is loaded per client on demand by the ClientApp through bounded caches.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+if TYPE_CHECKING:
+    from simulations.worker_pool import WorkerPool
 
 FIRST_NODE_ID = 1001
 
@@ -29,37 +39,35 @@ class InProcessGrid(Grid):
     Parameters
     ----------
     client_app : ClientApp
-        The app every node runs.
+        The app every node runs (called here when there is no ``pool``).
     run_config : Mapping
         The run config every node sees (``context.run_config``).
     node_configs : list of Mapping
         One node config per node (e.g. ``partition-id`` and ``num-partitions``).
     run_id : int
         The run's id.
+    pool : WorkerPool, optional
+        Worker processes that run the ClientApp instead (the same app, by reference).
+        Replies are returned in message order either way, so aggregation is identical.
     """
 
     def __init__(
         self,
         *,
-        client_app: ClientApp,
+        client_app: Any,
         run_config: Mapping[str, object],
         node_configs: list[Mapping[str, object]],
         run_id: int = 1,
+        pool: WorkerPool | None = None,
     ) -> None:
         if not node_configs:
             raise ValueError("an in-process federation needs at least one node")
         self.client_app = client_app
+        self.pool = pool
         self._run = Run.create_empty(run_id)
-        self.contexts = {
-            FIRST_NODE_ID + i: Context(
-                run_id=run_id,
-                node_id=FIRST_NODE_ID + i,
-                node_config=dict(node_config),
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i, node_config in enumerate(node_configs)
-        }
+        self._run_config = dict(run_config)
+        self._node_configs = {FIRST_NODE_ID + i: config for i, config in enumerate(node_configs)}
+        self.contexts: dict[int, Context] = {}  # made on a node's first message
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:
@@ -80,17 +88,50 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
+        return list(self._node_configs)
+
+    def context(self, node_id: int) -> Context:
+        """Node ``node_id``'s Context, made on first use and kept for the whole run."""
+        if node_id not in self.contexts:
+            self.contexts[node_id] = Context(
+                run_id=self._run.run_id,
+                node_id=node_id,
+                node_config=dict(self._node_configs[node_id]),
+                state=RecordDict(),
+                run_config=dict(self._run_config),
+            )
+        return self.contexts[node_id]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Deliver each message to its node's ClientApp now; keep the reply for pulling."""
+        """Deliver the messages to their nodes' ClientApps now; keep the replies for pulling."""
+        messages = list(messages)
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            message.metadata.__dict__["_run_id"] = self._run.run_id
+        known = [m for m in messages if m.metadata.dst_node_id in self._node_configs]
+        if self.pool is None:
+            replies = {
+                id(m): call_client_app(self.client_app, m, self.context(m.metadata.dst_node_id))
+                for m in known
+            }
+        else:
+            replies = {}
+            for wave in _waves(known):  # a node's messages in turn: its state goes along
+                tasks = [(m, self.context(m.metadata.dst_node_id)) for m in wave]
+                for (message, context), (reply, state) in zip(
+                    tasks, self.pool.run(tasks), strict=True
+                ):
+                    context.state = state
+                    replies[id(message)] = reply
         ids = []
         for message in messages:
-            message_id = str(uuid4())
-            message.metadata.__dict__["_message_id"] = message_id
-            message.metadata.__dict__["_run_id"] = self._run.run_id
-            self._replies[message_id] = self._deliver(message)
-            ids.append(message_id)
+            reply = replies.get(id(message))
+            if reply is None:
+                reason = f"no node with id {message.metadata.dst_node_id}"
+                reply = Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=message)
+            reply.metadata.__dict__["_message_id"] = str(uuid4())
+            self._replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -101,23 +142,33 @@ class InProcessGrid(Grid):
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
-    def _deliver(self, message: Message) -> Message:
-        node_id = message.metadata.dst_node_id
-        if node_id not in self.contexts:
-            reply = Message(
-                Error(code=ErrorCode.UNKNOWN, reason=f"no node with id {node_id}"),
-                reply_to=message,
-            )
-        else:
-            try:
-                reply = self.client_app(message, self.contexts[node_id])
-            except Exception as error:  # noqa: BLE001 - a failing client is reported, not fatal
-                # Same shape as Flower's simulation engine: the error travels in the reply.
-                reason = f"{type(error).__name__}: {error}"
-                traceback.print_exc()
-                reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                    reply_to=message,
-                )
-        reply.metadata.__dict__["_message_id"] = str(uuid4())
-        return reply
+
+def call_client_app(client_app: Any, message: Message, context: Context) -> Message:
+    """Run the ClientApp on one message; an exception becomes an error reply."""
+    try:
+        return client_app(message, context)
+    except Exception as error:  # noqa: BLE001 - a failing client is reported, not fatal
+        # Same shape as Flower's simulation engine: the error travels in the reply.
+        traceback.print_exc()
+        return Message(
+            Error(
+                code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                reason=f"{type(error).__name__}: {error}",
+            ),
+            reply_to=message,
+        )
+
+
+def _waves(messages: list[Message]) -> list[list[Message]]:
+    """Split into batches in which each node has at most one message, keeping order."""
+    waves: list[list[Message]] = []
+    seen: list[set[int]] = []
+    for message in messages:
+        node = message.metadata.dst_node_id
+        wave = next((i for i, nodes in enumerate(seen) if node not in nodes), len(waves))
+        if wave == len(waves):
+            waves.append([])
+            seen.append(set())
+        waves[wave].append(message)
+        seen[wave].add(node)
+    return waves

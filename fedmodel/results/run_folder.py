@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -38,7 +39,9 @@ class RoundMetrics:
 
     ``epsilon_max`` / ``epsilon_mean`` are over every client that has trained so far,
     each client's ε being cumulative over all its DP-SGD steps in the run (and earlier
-    runs, for a node that keeps its ledger). ``nan`` when central evaluation is off.
+    runs, for a node that keeps its ledger). ``test_*`` are ``nan`` when central
+    evaluation is off; ``client_*`` are the clients' own evaluation of the global model
+    (weighted by their examples), ``nan`` when no client evaluated.
     """
 
     round: int
@@ -50,6 +53,8 @@ class RoundMetrics:
     clients_failed: int
     train_loss: float
     seconds: float
+    client_accuracy: float = math.nan
+    client_loss: float = math.nan
 
     def line(self, *, num_rounds: int, dp: bool) -> str:
         """The one line printed per round."""
@@ -57,9 +62,13 @@ class RoundMetrics:
             f"ε max {self.epsilon_max:.3f} mean {self.epsilon_mean:.3f}" if dp else "ε ∞ (DP off)"
         )
         failed = f" | {self.clients_failed} failed" if self.clients_failed else ""
+        evaluation = f"test acc {self.test_accuracy:.4f} | test loss {self.test_loss:.4f}"
+        if math.isnan(self.test_accuracy) and not math.isnan(self.client_accuracy):
+            evaluation = (
+                f"client acc {self.client_accuracy:.4f} | client loss {self.client_loss:.4f}"
+            )
         return (
-            f"round {self.round:>{len(str(num_rounds))}}/{num_rounds} | "
-            f"test acc {self.test_accuracy:.4f} | test loss {self.test_loss:.4f} | "
+            f"round {self.round:>{len(str(num_rounds))}}/{num_rounds} | {evaluation} | "
             f"{privacy} | {self.clients_trained} clients{failed} | {self.seconds:.2f} s"
         )
 

@@ -7,6 +7,7 @@ from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -24,21 +25,45 @@ class ClientTracking(Strategy):
     when ``require_ledger`` is set: an update without an accounted guarantee is not
     averaged in.
 
+    It also reports every sampled node that failed: an error reply (the ClientApp's
+    exception text, or the SuperLink's "node unavailable") or no reply at all before
+    the round's timeout (a crashed node). A round that keeps fewer than
+    ``min_train_replies`` updates leaves the global model unchanged.
+
     Parameters
     ----------
     strategy : Strategy
         The strategy that samples clients and aggregates (e.g. ``FedAvg``).
     require_ledger : bool
         Whether each training reply must carry a valid ledger (DP on).
+    min_train_replies : int
+        Fewest accepted updates a round needs to change the global model.
+    round_timeout : float, optional
+        The round's timeout in seconds (only named in failure reports).
     """
 
-    def __init__(self, strategy: Strategy, *, require_ledger: bool) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        require_ledger: bool,
+        min_train_replies: int = 1,
+        round_timeout: float | None = None,
+    ) -> None:
+        if min_train_replies < 1:
+            raise ValueError(f"min_train_replies must be >= 1, got {min_train_replies}")
         self.strategy = strategy
         self.require_ledger = require_ledger
+        self.min_train_replies = min_train_replies
+        self.round_timeout = round_timeout
+        self.last_round_epsilons: dict[str, float] = {}
+        self.last_round_updated = False
+        self._sent: list[Message] = []
         self.ledgers: dict[str, dict[str, Any]] = {}
         self.last_round_failures: list[str] = []
         self.last_round_trained = 0
         self.last_train_metrics: MetricRecord | None = None
+        self.last_evaluate_metrics: MetricRecord | None = None
 
     # -- what the wrapper adds ------------------------------------------------------
 
@@ -46,8 +71,15 @@ class ClientTracking(Strategy):
         """Latest cumulative ε of every client that has trained so far."""
         return [float(ledger["epsilon"]) for ledger in self.ledgers.values()]
 
-    def _accept(self, reply: Message) -> bool:
-        source = f"node {reply.metadata.src_node_id}"
+    def epsilon_line(self) -> str:
+        """This round's cumulative ε of each client that trained, for the log."""
+        return "ε by client: " + ", ".join(
+            f"{client} (node {self.ledgers[client]['node_id']}) {epsilon:.3f}"
+            for client, epsilon in sorted(self.last_round_epsilons.items())
+        )
+
+    def _accept(self, reply: Message, node_id: int) -> bool:
+        source = f"node {node_id}"
         if reply.has_error():
             self.last_round_failures.append(f"{source}: {reply.error.reason}")
             return False
@@ -66,12 +98,13 @@ class ClientTracking(Strategy):
             return False
         ledger.update(
             client=client,
-            node_id=reply.metadata.src_node_id,
+            node_id=node_id,
             epsilon=epsilon,
             noise_multiplier=float(record.get("noise-multiplier", float("nan"))),  # type: ignore[arg-type]
             steps_total=sum(n for _, _, n in ledger["history"]),
         )
         self.ledgers[client] = ledger
+        self.last_round_epsilons[client] = epsilon
         return True
 
     def _reject(self, source: str, reason: str) -> None:
@@ -83,14 +116,41 @@ class ClientTracking(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        # Kept: the Grid stamps each with its message id, which replies refer to.
+        self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.last_round_failures = []
-        accepted = [reply for reply in replies if self._accept(reply)]
+        self.last_round_epsilons = {}
+        destination = {sent.metadata.message_id: sent.metadata.dst_node_id for sent in self._sent}
+        answered: set[int] = set()
+        accepted = []
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if node_id == SUPERLINK_NODE_ID:  # the SuperLink answered for the node
+                node_id = destination.get(reply.metadata.reply_to_message_id, node_id)
+            answered.add(node_id)
+            if self._accept(reply, node_id):
+                accepted.append(reply)
+        waited = f" within {self.round_timeout:g} s" if self.round_timeout else ""
+        for sent in self._sent:
+            if sent.metadata.dst_node_id not in answered:
+                self.last_round_failures.append(
+                    f"node {sent.metadata.dst_node_id}: no reply{waited} (crashed or too slow)"
+                )
         self.last_round_trained = len(accepted)
+        self.last_round_updated = len(accepted) >= self.min_train_replies
+        if not self.last_round_updated:
+            log(
+                WARNING,
+                "Round %s: %s of at least %s updates arrived; the global model is unchanged",
+                server_round, len(accepted), self.min_train_replies,
+            )
+            self.last_train_metrics = None
+            return None, None
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
         self.last_train_metrics = metrics
         return arrays, metrics
@@ -103,7 +163,8 @@ class ClientTracking(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        self.last_evaluate_metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        return self.last_evaluate_metrics
 
     def summary(self) -> None:
         self.strategy.summary()

@@ -17,6 +17,8 @@ def test_reported_epsilon_equals_a_fresh_accountant_over_the_whole_history(tmp_p
         "num-server-rounds": rounds,
         "local-epochs": epochs,
         "noise-multiplier": 1.1,
+        "target-epsilon": 0.0,
+        "batch-size": 32,
         "run-dir": str(tmp_path / "run"),
     }
     result = simulate(values, num_clients=clients)

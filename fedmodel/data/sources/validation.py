@@ -1,0 +1,115 @@
+"""Checks every data source passes before training, each failing with a :class:`DataError`.
+
+A message always names where the data came from (file, row or index) and what is wrong,
+so the person who owns the data can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Client or test data that cannot be trained on: unreadable, malformed or unfit."""
+
+
+# Numeric dtype kinds accepted as features: bool, signed/unsigned int, float.
+NUMERIC_KINDS = "biuf"
+
+
+def check_feature_dtype(dtype: np.dtype, *, origin: str) -> None:
+    """Features must be numbers (not strings, objects or complex values)."""
+    if dtype.kind not in NUMERIC_KINDS:
+        raise DataError(
+            f"{origin}: features have dtype {dtype}; they must be numeric (int, float or bool)"
+        )
+
+
+def check_shape(shape: tuple[int, ...], *, origin: str) -> None:
+    """``[N, ...]`` with at least one feature per example."""
+    if len(shape) < 2:
+        raise DataError(
+            f"{origin}: features have shape {shape}; expected [N, features...] "
+            "(one row per example)"
+        )
+    if shape[0] == 0:
+        raise DataError(f"{origin}: the dataset is empty (0 examples)")
+    if math.prod(shape[1:]) == 0:
+        raise DataError(f"{origin}: examples have shape {shape[1:]}, which holds no features")
+
+
+def check_finite(x: np.ndarray, *, origin: str, offset: int = 0) -> None:
+    """No NaN or Inf; the message names the first bad example (``offset`` + its row)."""
+    if x.dtype.kind != "f":
+        return
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        value = x[row].reshape(-1)[np.argmin(np.isfinite(x[row].reshape(-1)))]
+        raise DataError(f"{origin}: example {offset + row} holds {value} (features must be finite)")
+
+
+def check_labels(y: np.ndarray, *, origin: str, num_classes: int = 0) -> np.ndarray:
+    """Labels as int64 in ``0 .. num_classes - 1`` (any non-negative value when 0).
+
+    Float labels are accepted when they hold whole numbers (as CSV readers produce).
+    The message names the index of the first offending label.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{origin}: labels have shape {y.shape}; expected [N] (one per example)")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{origin}: labels have dtype {y.dtype}; they must be integers")
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            index = int(np.argmin(whole))
+            raise DataError(f"{origin}: label {index} is {y[index]}, not an integer")
+    labels = y.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        index = int(np.argmin(labels))
+        raise DataError(f"{origin}: label {index} is {labels[index]}; labels must be >= 0")
+    if num_classes and len(labels) and labels.max() >= num_classes:
+        index = int(np.argmax(labels))
+        raise DataError(
+            f"{origin}: label {index} is {labels[index]}, outside 0..{num_classes - 1} "
+            f"(run-config num-classes = {num_classes})"
+        )
+    return labels
+
+
+def check_lengths(num_x: int, num_y: int, *, origin: str) -> None:
+    """One label per example."""
+    if num_x != num_y:
+        raise DataError(f"{origin}: {num_x} examples but {num_y} labels; they must match")
+
+
+def check_trainable(
+    num_examples: int, *, batch_size: int, dp: bool, delta: float, origin: str
+) -> None:
+    """Refuse a client dataset too small for private training.
+
+    fedmodel samples each example with rate ``q = 1 / ceil(N / B)`` (Opacus's rule),
+    which is at most 1 by construction; for ``N < B`` it is 1, and the expected batch
+    ``B / N`` of the dataset would be above 1: every step then sees every record and the
+    privacy amplification by subsampling that the accountant assumes for batch size
+    ``B`` is gone. "Too small" therefore means ``N < batch-size`` under DP. δ must also
+    be below ``1 / N`` (a larger δ permits leaking a whole record).
+    """
+    if num_examples < 1:
+        raise DataError(f"{origin}: the dataset is empty (0 examples)")
+    if not dp:
+        return
+    if num_examples < batch_size:
+        raise DataError(
+            f"{origin}: {num_examples} examples is fewer than batch-size {batch_size}: under "
+            f"DP the sampling rate batch-size/N = {batch_size / num_examples:.3g} would be "
+            "above 1; lower run-config 'batch-size' or give this client more data"
+        )
+    if delta >= 1.0 / num_examples:
+        raise DataError(
+            f"{origin}: delta {delta:g} is not below 1/{num_examples} (1 / its number of "
+            "records); such a delta permits leaking a whole record. Lower run-config 'delta'"
+        )

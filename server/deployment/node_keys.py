@@ -1,0 +1,67 @@
+"""SuperNode authentication keys: an EC key pair in the OpenSSH formats Flower reads.
+
+With ``flower-superlink --enable-supernode-auth`` only SuperNodes whose public key was
+registered (``flwr supernode register <key>.pub``) may connect; each SuperNode proves
+its identity with ``flower-supernode --auth-supernode-private-key <key>``. Flower reads
+both keys in OpenSSH format and requires a NIST curve; ``ssh-keygen -t ecdsa -b 384``
+makes the same files where OpenSSH is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+@dataclass(frozen=True)
+class NodeKeyPaths:
+    """Where a SuperNode's key pair was written."""
+
+    private_key: Path
+    public_key: Path
+
+
+def make_node_keys(
+    out_dir: str | os.PathLike[str], *, name: str, overwrite: bool = False
+) -> NodeKeyPaths:
+    """Write ``<out_dir>/<name>`` (private, mode 0600) and ``<out_dir>/<name>.pub``.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder for the two files (created if missing).
+    name : str
+        File name of the private key, e.g. ``"node-0"``.
+    overwrite : bool
+        Replace existing files (otherwise an existing file is an error).
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain file name, got {name!r}")
+    out = Path(out_dir)
+    paths = NodeKeyPaths(private_key=out / name, public_key=out / f"{name}.pub")
+    existing = [str(p) for p in vars(paths).values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use overwrite)")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for path, data, mode in (
+        (paths.private_key, private, 0o600),
+        (paths.public_key, public + b"\n", 0o644),
+    ):
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+    return paths

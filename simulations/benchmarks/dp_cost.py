@@ -1,0 +1,103 @@
+"""Benchmark (e): what DP-SGD costs over plain SGD, per Opacus ``grad_sample_mode``.
+
+One local epoch of ``fedmodel.training.train_locally`` over 6,000 MNIST training images
+(batch 60, so 100 steps), for the MLP and the CNN: DP-SGD in each of Opacus's modes
+(``hooks``: per-layer backward hooks; ``ew``: expanded weights; ``functorch``:
+``vmap(grad)``; ``ghost``: ghost clipping, Li et al. 2022 / Bu et al. 2023) against the
+same epoch without DP. Repetitions alternate DP and non-DP epochs and the table shows
+medians, so both see the same machine load.
+
+"correct" checks each mode against ``hooks`` with noise 0: the same seed gives the same
+Poisson batches, so the clipped, averaged updates must agree (to float tolerance).
+
+Run (not part of CI; needs ../shared/data/mnist.npz)::
+
+    .venv/bin/python -m simulations.benchmarks.dp_cost [--repetitions 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+from fedmodel.data import load_dataset
+from fedmodel.models import build_model
+from fedmodel.privacy import PrivacyLedger
+from fedmodel.training import TrainingSettings, train_locally
+from fedmodel.training.local_training import GRAD_SAMPLE_MODES
+from simulations.benchmarks.machine import header, table
+
+DATA_DIR = "../shared/data"
+EXAMPLES = 6000
+BATCH = 60
+
+
+def epoch_seconds(model_name: str, data, *, dp: bool, mode: str = "hooks", noise: float = 1.0):
+    """Seconds of one local epoch, and the weights it produced."""
+    torch.manual_seed(0)
+    model = build_model(model_name, input_shape=(1, 28, 28), num_classes=10, hidden_sizes=(64,))
+    settings = TrainingSettings(
+        epochs=1,
+        batch_size=BATCH,
+        learning_rate=0.5,
+        dp=dp,
+        noise_multiplier=noise,
+        max_grad_norm=1.0,
+        grad_sample_mode=mode,
+    )
+    ledger = PrivacyLedger(accountant="rdp", delta=1e-5) if dp else None
+    started = time.perf_counter()
+    result = train_locally(model, data, settings=settings, ledger=ledger, seed=1)
+    return time.perf_counter() - started, result.state_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--models", nargs="*", default=["mlp", "cnn"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    if not Path(DATA_DIR, "mnist.npz").is_file():
+        print(f"needs {DATA_DIR}/mnist.npz (fedmodel download mnist --data-dir {DATA_DIR})")
+        return 1
+    data = Subset(load_dataset("mnist", data_dir=DATA_DIR).train, range(EXAMPLES))
+    print(header("DP-SGD cost per Opacus grad_sample_mode"), flush=True)
+    rows = []
+    for model_name in args.models:
+        epoch_seconds(model_name, data, dp=False)  # warm-up: lazy imports, allocator
+        _, reference = epoch_seconds(model_name, data, dp=True, mode="hooks", noise=0.0)
+        for mode in GRAD_SAMPLE_MODES:
+            try:
+                _, weights = epoch_seconds(model_name, data, dp=True, mode=mode, noise=0.0)
+                gap = max(float((weights[k] - reference[k]).abs().max()) for k in reference)
+                correct = f"yes ({gap:.0e})" if gap < 1e-4 else f"NO (max |Δw| {gap:.1e})"
+            except Exception as error:  # noqa: BLE001 - a mode that fails is reported
+                rows.append([model_name, mode, "-", "-", "-", f"fails: {type(error).__name__}"])
+                print(f"  {model_name}/{mode}: {type(error).__name__}: {error}", flush=True)
+                continue
+            plain, private = [], []
+            for _ in range(args.repetitions):
+                plain.append(epoch_seconds(model_name, data, dp=False)[0])
+                private.append(epoch_seconds(model_name, data, dp=True, mode=mode)[0])
+            p, d = statistics.median(plain), statistics.median(private)
+            rows.append([model_name, mode, p, d, d / p, correct])
+            print(f"  {model_name}/{mode}: {d / p:.2f}x", flush=True)
+    print(
+        f"\nOne local epoch, {EXAMPLES} MNIST images, batch {BATCH} "
+        f"(median of {args.repetitions}; goal DP/non-DP <= 1.5x)"
+    )
+    print(table(["model", "grad_sample_mode", "non-DP s", "DP-SGD s", "ratio", "correct"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Benchmark (b): Flower's Ray simulation engine against the in-process engine.
+
+The same ServerApp and ClientApp, the same workload, each engine in a fresh
+``fedmodel simulate`` process (imports included): the in-process engine alone and with
+worker processes, and Flower's Simulation Engine (``--engine ray``: a SuperLink, then
+``flwr-simulation`` with one Ray actor per worker). Measured per run:
+
+- start-up: wall time of the whole command minus the steady rounds, i.e. from process
+  start to the end of round 1 (imports, SuperLink and Ray start, first calls);
+- steady-state seconds per round: median of rounds 2.., as timed by the ServerApp.
+
+Ratios are against the in-process engine without workers, measured in the same run.
+Workloads: digits MLP, 10 clients all training each round (DP-SGD, fixed noise); with
+``../shared/data/mnist.npz``, MNIST CNN, 100 clients of 600 images, 10 per round (E=1,
+B=10, DP-SGD). A fixed noise multiplier (``target-epsilon = 0``) keeps Opacus's noise
+calibration (1-5 s per process) out of the engine comparison.
+
+Run (not part of CI)::
+
+    .venv/bin/python -m simulations.benchmarks.engines
+    .venv/bin/python -m simulations.benchmarks.engines --rounds 10 --workers 2 --skip-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from simulations.benchmarks.machine import header, table
+
+DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+COMMON = {"target-epsilon": 0, "noise-multiplier": 1.0}
+WORKLOADS = {
+    "digits-mlp-dp": (10, {"dataset": "digits", "model": "mlp", "batch-size": 32,
+                           "learning-rate": 0.5, **COMMON}),
+    "mnist-cnn-dp": (100, {"dataset": "mnist", "data-dir": str(DATA_DIR), "model": "cnn",
+                           "fraction-train": 0.1, "local-epochs": 1, "batch-size": 10,
+                           "learning-rate": 0.1, **COMMON}),
+}
+
+
+def run(name: str, *, engine: str, workers: int, rounds: int, root: Path) -> dict[str, object]:
+    num_clients, settings = WORKLOADS[name]
+    run_dir = root / f"{name}-{engine}-{workers}"
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--engine", engine,
+               "--workers", str(workers), "--clients", str(num_clients), "--run-dir",
+               str(run_dir), "--no-plots", "--no-progress"]
+    for key, value in {**settings, "num-server-rounds": rounds}.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    steady = [row["seconds"] for row in rows[1:]]
+    return {
+        "workload": name,
+        "engine": engine + (f" ({workers} workers)" if workers else ""),
+        "startup_s": wall - sum(steady),
+        "round_s": statistics.median(steady),
+        "accuracy": rows[-1]["test_accuracy"],
+        "epsilon": rows[-1]["epsilon_max"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="workers / Ray actors")
+    parser.add_argument("--skip-mnist", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    names = ["digits-mlp-dp"]
+    if not args.skip_mnist and (DATA_DIR / "mnist.npz").is_file():
+        names.append("mnist-cnn-dp")
+    print(header("Engines: Flower's Ray simulation engine vs the in-process engine"), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for name in names:
+            base = None
+            for engine, workers in (("inprocess", 0), ("inprocess", args.workers),
+                                    ("ray", args.workers)):
+                result = run(name, engine=engine, workers=workers, rounds=args.rounds,
+                             root=Path(root))
+                base = base or result
+                result["startup_ratio"] = result["startup_s"] / base["startup_s"]
+                result["round_ratio"] = result["round_s"] / base["round_s"]
+                print(f"  {result}", flush=True)
+                rows.append(result)
+    print(
+        table(
+            ["workload", "engine", "start-up s", "x", "s/round (median 2..)", "x",
+             "final acc", "max ε"],
+            [[r["workload"], r["engine"], r["startup_s"], r["startup_ratio"], r["round_s"],
+              r["round_ratio"], r["accuracy"], r["epsilon"]] for r in rows],
+        )
+    )
+    print("x: ratio to the in-process engine without workers, same workload, same run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

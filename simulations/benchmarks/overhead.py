@@ -1,0 +1,352 @@
+"""Benchmark (a): harness overhead of the in-process engine against a bare PyTorch loop.
+
+The bare loop does exactly the client training the harness does, in one process, with
+no Flower: the same data and partitions (``fedmodel.data``), the same model, the same
+client sampling (``random.sample`` seeded as the ServerApp seeds it), the same seeds
+per (round, client), the same DP-SGD through Opacus (Poisson sampling, clip, noise,
+a privacy ledger per client queried for ε after each client's training, as the
+ClientApp does), FedAvg weighted by examples in Flower's order, and the same central
+evaluation on the test set after each round. With the same seed both end with the
+same weights: the table shows the largest difference as a check that the work is the
+same.
+
+Measured, per workload, in this one process (alternating harness and bare runs):
+
+- steady-state seconds per round: median over rounds 2.. of every repetition (round 1
+  pays one-off costs: lazy imports, allocator warm-up); goal: harness <= 1.10x bare.
+
+And in fresh subprocesses (imports included, goal < 3 s): the time from process start
+to the first round's training (harness: ``fedmodel simulate``; bare: this file's
+``--bare-startup`` probe).
+
+Run (not part of CI; MNIST needs ../shared/data/mnist.npz, else only digits)::
+
+    .venv/bin/python -m simulations.benchmarks.overhead            # all workloads
+    .venv/bin/python -m simulations.benchmarks.overhead --quick    # fewer rounds
+    .venv/bin/python -m simulations.benchmarks.overhead --profile mnist-cnn-dp
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+DATA_DIR = "../shared/data"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    clients: int
+    config: dict[str, object]
+    rounds: int
+
+
+def workloads(rounds: int, *, data_dir: str = DATA_DIR) -> list[Workload]:
+    """The workloads of the issue: MNIST CNN 100 clients (10 per round), digits MLP."""
+    mnist = {
+        "dataset": "mnist",
+        "data-dir": data_dir,
+        "model": "cnn",
+        "fraction-train": 0.1,
+        "local-epochs": 1,
+        "batch-size": 10,
+        "learning-rate": 0.1,
+        "noise-multiplier": 1.0,
+    }
+    digits = {"dataset": "digits", "model": "mlp"}
+    found = Path(data_dir, "mnist.npz").is_file()
+    chosen = []
+    for dp in (True, False):
+        suffix = "-dp" if dp else ""
+        if found:
+            chosen.append(Workload(f"mnist-cnn{suffix}", 100, {**mnist, "dp": dp}, rounds))
+        chosen.append(Workload(f"digits-mlp{suffix}", 10, {**digits, "dp": dp}, 3 * rounds))
+    return chosen
+
+
+# -- the harness --------------------------------------------------------------------------
+
+
+def harness_round_times(workload: Workload, root: Path):
+    """Run the workload with ``simulate()``; per-round seconds and the final weights."""
+    import torch
+
+    from simulations.simulate import simulate
+
+    run_dir = Path(tempfile.mkdtemp(dir=root))
+    config = {**workload.config, "num-server-rounds": workload.rounds, "run-dir": str(run_dir)}
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        result = simulate(config, num_clients=workload.clients)
+    weights = torch.load(run_dir / "model.pt")
+    return [r.seconds for r in result.rounds], result.final.test_accuracy, weights
+
+
+# -- the bare loop ------------------------------------------------------------------------
+
+
+def bare_round_times(workload: Workload, *, on_first_round=None):
+    """The same federated job as a plain loop: Opacus + PyTorch + numpy FedAvg."""
+    import numpy as np
+    import torch
+    from opacus import PrivacyEngine
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from fedmodel.config import RunConfig
+    from fedmodel.data import load_partition, load_splits
+    from fedmodel.models import build_model
+    from fedmodel.privacy import PrivacyLedger
+    from fedmodel.training import evaluate
+
+    config = RunConfig.from_mapping({**workload.config, "num-server-rounds": workload.rounds})
+    random.seed(config.seed)  # as the ServerApp: Flower samples clients with `random`
+    torch.manual_seed(config.seed)
+    splits = load_splits(config)
+    model = build_model(
+        config.model,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        hidden_sizes=config.hidden_layer_sizes,
+    )
+    clients = [
+        load_partition(config, partition_id=i, num_partitions=workload.clients)
+        for i in range(workload.clients)
+    ]
+    # The ClientApp's ledger: an Opacus RDP accountant plus fedmodel's ε computation
+    # (Opacus's own get_epsilon costs ~0.2 s a call and would make the bare loop slower).
+    ledgers = [PrivacyLedger(accountant="rdp", delta=config.delta) for _ in clients]
+    global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    evaluate(model, splits.test)  # the harness evaluates the initial model (round 0)
+    per_round = int(workload.clients * config.fraction_train)
+    times = []
+    for server_round in range(1, config.num_server_rounds + 1):
+        if server_round == 1 and on_first_round:
+            on_first_round()
+        started = time.perf_counter()
+        updates = []
+        for cid in random.sample(range(workload.clients), per_round):
+            entropy = [config.seed, server_round, cid]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in global_state.items()})
+            dataset = clients[cid]
+            batches = -(-len(dataset) // config.batch_size)
+            expected_batch = len(dataset) / batches
+            generator = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)
+            loader = DataLoader(
+                dataset, batch_size=config.batch_size, shuffle=not config.dp, generator=generator
+            )
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=config.learning_rate, momentum=config.momentum
+            )
+            criterion = nn.CrossEntropyLoss(reduction="sum")
+            trained = model
+            model.train()
+            if config.dp:
+                engine = PrivacyEngine(accountant="rdp")
+                engine.accountant = ledgers[cid].accountant
+                trained, optimizer, loader = engine.make_private(
+                    module=model,
+                    optimizer=optimizer,
+                    data_loader=loader,
+                    noise_multiplier=config.noise_multiplier,
+                    max_grad_norm=config.max_grad_norm / expected_batch,
+                    loss_reduction="sum",
+                    poisson_sampling=True,
+                    grad_sample_mode=config.grad_sample_mode,
+                    noise_generator=torch.Generator().manual_seed(seed + 1),
+                )
+            trained.train()
+            for _ in range(config.local_epochs):
+                for x, y in loader:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(trained(x), y) / expected_batch
+                    loss.backward()
+                    optimizer.step()
+            if config.dp:
+                trained._close()
+                ledgers[cid].epsilon()  # ε reported per client, as the ClientApp does
+            state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+            updates.append((len(dataset), state))
+        total = sum(n for n, _ in updates)
+        average: dict[str, np.ndarray] = {}
+        for n, state in updates:  # Flower's aggregate_arrayrecords, same order and dtype
+            for key, value in state.items():
+                if key in average:
+                    average[key] += value * (n / total)
+                else:
+                    average[key] = value * (n / total)
+        global_state = average
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in global_state.items()})
+        _, accuracy = evaluate(model, splits.test)
+        times.append(time.perf_counter() - started)
+    return times, accuracy, {k: torch.from_numpy(v) for k, v in global_state.items()}
+
+
+# -- start-up in a fresh process ------------------------------------------------------------
+
+
+def startup_seconds(workload: Workload, *, bare: bool) -> float:
+    """Seconds from starting a fresh Python to the start of round 1's client training."""
+    if bare:
+        command = [
+            sys.executable,
+            "-u",
+            "-m",
+            "simulations.benchmarks.overhead",
+            "--bare-startup",
+            workload.name,
+        ]
+    else:
+        command = [
+            sys.executable,
+            "-u",
+            "-m",
+            "simulations.cli",
+            "simulate",
+            "--clients",
+            str(workload.clients),
+            "--no-plots",
+            "--no-progress",
+        ]
+        config = {**workload.config, "num-server-rounds": 1}
+        for key, value in config.items():
+            text = str(value).lower() if isinstance(value, bool) else repr(value)
+            command += ["--set", f"{key}={text}".replace("'", '"')]
+    with tempfile.TemporaryDirectory() as tmp:
+        if not bare:
+            command += ["--run-dir", str(Path(tmp) / "run")]
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )
+        try:
+            for line in process.stdout:  # type: ignore[union-attr]
+                if line.startswith("FIRST ROUND"):  # bare probe
+                    return time.perf_counter() - started
+                if line.startswith("round 1/"):
+                    # The line ends "| <seconds of round 1> s": subtract the round itself.
+                    return time.perf_counter() - started - float(line.rsplit("|", 1)[1][:-3])
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    raise RuntimeError(f"{' '.join(command)} never started round 1")
+
+
+def _bare_startup_probe(name: str) -> None:
+    workload = {w.name: w for w in workloads(1)}[name]
+    bare_round_times(workload, on_first_round=lambda: print("FIRST ROUND", flush=True))
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def measure(workload: Workload, *, repetitions: int, root: Path) -> dict[str, object]:
+    """Alternate harness and bare runs; medians of steady-state rounds."""
+    harness, bare = [], []
+    for _ in range(repetitions):
+        h_times, h_acc, h_weights = harness_round_times(workload, root)
+        b_times, b_acc, b_weights = bare_round_times(workload)
+        harness += h_times[1:]
+        bare += b_times[1:]
+    difference = max(float((h_weights[k] - b_weights[k]).abs().max()) for k in b_weights)
+    h, b = statistics.median(harness), statistics.median(bare)
+    return {
+        "workload": workload.name,
+        "harness s/round": h,
+        "bare s/round": b,
+        "ratio": h / b,
+        "goal": "<= 1.10",
+        "acc harness / bare": f"{h_acc:.4f} / {b_acc:.4f}",
+        "max |Δw|": f"{difference:.1e}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and repetitions")
+    parser.add_argument("--only", nargs="*", help="workload names to run")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up probes")
+    parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the harness on one")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--bare-startup", metavar="WORKLOAD", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # As train_locally: seeded noise is what a benchmark wants; hooks on the first layer.
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    if args.bare_startup:
+        _bare_startup_probe(args.bare_startup)
+        return 0
+
+    import torch
+
+    from simulations.benchmarks.machine import header, table
+
+    # One thread: on a small shared machine, torch's thread pool stalls whenever another
+    # process holds a core, which swamps the differences measured here.
+    torch.set_num_threads(args.threads)
+
+    rounds, repetitions = (3, 1) if args.quick else (5, 2)
+    chosen = [w for w in workloads(rounds) if not args.only or w.name in args.only]
+    if args.profile:
+        return _profile({w.name: w for w in chosen}[args.profile])
+    print(header("Harness overhead: in-process engine vs bare PyTorch loop"), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in chosen:
+            row = measure(workload, repetitions=repetitions, root=Path(tmp))
+            rows.append(row)
+            print(f"  measured {workload.name}: ratio {row['ratio']:.3f}", flush=True)
+    print(
+        "\nSteady-state time per round (median of rounds 2.., "
+        f"{repetitions} repetition(s) of {rounds} rounds; digits: {3 * rounds} rounds)"
+    )
+    print(table(list(rows[0]), [list(r.values()) for r in rows]))
+    if not args.no_startup:
+        startup = []
+        for workload in (w for w in chosen if w.config["dp"]):
+            h = statistics.median(startup_seconds(workload, bare=False) for _ in range(3))
+            b = statistics.median(startup_seconds(workload, bare=True) for _ in range(3))
+            startup.append([workload.name, h, b, h / b, "harness < 3 s"])
+        print(
+            "\nStart-up: fresh process to the start of round 1's training "
+            "(median of 3; imports, data loading, round-0 evaluation included)"
+        )
+        print(table(["workload", "harness s", "bare s", "ratio", "goal"], startup))
+    return 0
+
+
+def _profile(workload: Workload) -> int:
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        harness_round_times(workload, Path(tmp))  # warm: imports, data, caches
+        profiler = cProfile.Profile()
+        profiler.enable()
+        harness_round_times(workload, Path(tmp))
+        profiler.disable()
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example experiment files and example custom data (see README)."""

@@ -1,0 +1,228 @@
+"""PNG plots of a run folder and of an experiment folder (matplotlib, Agg, no pyplot).
+
+Figures are built with matplotlib's object API and saved through the Agg canvas, so
+plotting never touches pyplot's global backend (safe inside notebooks), and matplotlib
+is imported only when a plot is drawn: ``fedmodel simulate`` starts without it.
+
+- :func:`plot_run` writes ``<run-dir>/rounds.png``: test accuracy, test and train
+  loss, and the max and mean client ε per round.
+- :func:`plot_experiment` writes ``frontier.png`` (final accuracy against max ε, one
+  point per setting, the Pareto frontier drawn through the best trade-offs) and
+  ``accuracy.png`` (accuracy per round of every setting, the mean over seeds with the
+  range across seeds shaded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedmodel.config import RunConfig
+from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+from fedmodel.results import RoundMetrics, load_metrics
+from simulations.experiments import accuracy_of
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from simulations.experiments import Experiment, RunOutcome
+
+DPI = 110
+
+
+def plot_run(run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``rounds.png`` into ``run_dir`` from its ``metrics.json`` and ``config.json``."""
+    folder = Path(run_dir)
+    rounds = load_metrics(folder)
+    if not rounds:
+        raise ValueError(f"{folder}: metrics.json holds no rounds to plot")
+    config = _run_config(folder)
+    figure = _figure(width=15, height=4.2)
+    accuracy_axes, loss_axes, epsilon_axes = figure.subplots(1, 3)
+    x = [r.round for r in rounds]
+
+    accuracy_axes.plot(x, [accuracy_of(r) for r in rounds], marker="o", ms=3)
+    accuracy_axes.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+
+    loss_axes.plot(x, [r.test_loss for r in rounds], marker="o", ms=3, label="test loss")
+    loss_axes.plot(x, [r.train_loss for r in rounds], marker="o", ms=3, label="train loss")
+    loss_axes.set(title="Loss", xlabel="round", ylabel="cross-entropy")
+    loss_axes.legend()
+
+    if config.dp:
+        epsilon_axes.plot(x, [r.epsilon_max for r in rounds], marker="o", ms=3, label="max ε")
+        epsilon_axes.plot(x, [r.epsilon_mean for r in rounds], marker="o", ms=3, label="mean ε")
+        epsilon_axes.set(
+            title=f"Client ε (δ={config.delta:g}, {ACCOUNTANT_NAMES[config.accountant]})",
+            xlabel="round",
+            ylabel="cumulative record-level ε",
+        )
+        epsilon_axes.legend()
+    else:
+        epsilon_axes.set_axis_off()
+        epsilon_axes.text(0.5, 0.5, "DP off: ε = ∞", ha="center", va="center", fontsize=14)
+    for axes in (accuracy_axes, loss_axes, epsilon_axes):
+        axes.grid(alpha=0.3)
+        _integer_rounds(axes)
+    figure.suptitle(_run_title(folder, config))
+    return _save(figure, folder / "rounds.png")
+
+
+def plot_experiment(
+    directory: str | os.PathLike[str],
+    experiment: Experiment,
+    outcomes: Sequence[RunOutcome],
+) -> list[Path]:
+    """Write ``frontier.png`` and ``accuracy.png`` for the finished runs of an experiment."""
+    settings = _settings(experiment, outcomes)
+    if not settings:
+        return []
+    folder = Path(directory)
+    return [
+        _frontier(folder / "frontier.png", settings),
+        _curves(folder / "accuracy.png", settings),
+    ]
+
+
+def _settings(
+    experiment: Experiment, outcomes: Sequence[RunOutcome]
+) -> dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]:
+    """Finished runs grouped by setting: every grid value except the seed."""
+    groups: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]] = {}
+    for outcome in outcomes:
+        if outcome.status != "ok":
+            continue
+        rounds = load_metrics(outcome.run_dir)
+        if not rounds:
+            continue
+        label = ", ".join(
+            f"{k}={_fmt(v)}" for k, v in outcome.run.grid.items() if k != "seed" and v is not None
+        )
+        groups.setdefault(label or experiment.name, []).append((outcome.run.config, rounds))
+    return groups
+
+
+def _frontier(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]) -> Path:
+    figure = _figure(width=8, height=5.5)
+    axes = figure.subplots()
+    points: list[tuple[float, float]] = []
+    notes: set[str] = set()
+    colors = _colors(len(settings))
+    for color, (label, runs) in zip(colors, settings.items(), strict=True):
+        accuracy = [accuracy_of(rounds[-1]) for _, rounds in runs]
+        config = runs[0][0]
+        if not config.dp:
+            mean = statistics.fmean(accuracy)
+            axes.axhline(mean, color=color, ls="--", label=f"{label} (DP off)")
+            continue
+        notes.add(f"δ={config.delta:g}, {ACCOUNTANT_NAMES[config.accountant]}")
+        epsilon = [rounds[-1].epsilon_max for _, rounds in runs]
+        x, y = statistics.fmean(epsilon), statistics.fmean(accuracy)
+        xerr = [[x - min(epsilon)], [max(epsilon) - x]] if len(runs) > 1 else None
+        yerr = [[y - min(accuracy)], [max(accuracy) - y]] if len(runs) > 1 else None
+        axes.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=label)
+        points.append((x, y))
+    if len(points) > 1:
+        front = _pareto(points)
+        axes.plot(*zip(*front, strict=True), color="black", lw=1, alpha=0.6, label="frontier")
+    if points:
+        epsilons = [p[0] for p in points]
+        if min(epsilons) > 0 and max(epsilons) / min(epsilons) > 20:
+            axes.set_xscale("log")
+    axes.set(
+        title="Final test accuracy vs privacy (mean over seeds, bars: range)",
+        xlabel="max client ε" + (f" ({'; '.join(sorted(notes))})" if notes else ""),
+        ylabel="final test accuracy",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
+    return _save(figure, path)
+
+
+def _curves(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]) -> Path:
+    figure = _figure(width=9 if len(settings) <= 8 else 12, height=5.5)
+    axes = figure.subplots()
+    for color, (label, runs) in zip(_colors(len(settings)), settings.items(), strict=True):
+        length = min(len(rounds) for _, rounds in runs)
+        x = list(range(1, length + 1))
+        by_round = [[accuracy_of(rounds[i]) for _, rounds in runs] for i in range(length)]
+        axes.plot(x, [statistics.fmean(v) for v in by_round], color=color, label=label)
+        if len(runs) > 1:
+            axes.fill_between(
+                x, [min(v) for v in by_round], [max(v) for v in by_round], color=color, alpha=0.2
+            )
+    axes.set(
+        title="Test accuracy per round (mean over seeds, shade: range)",
+        xlabel="round",
+        ylabel="test accuracy",
+    )
+    axes.grid(alpha=0.3)
+    _integer_rounds(axes)
+    if len(settings) <= 8:
+        axes.legend(fontsize="small", loc="lower right")
+    else:
+        axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(figure, path)
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points no other point beats on both less ε and more accuracy, by increasing ε."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def _run_config(folder: Path) -> RunConfig:
+    document: dict[str, Any] = json.loads((folder / "config.json").read_text())
+    return RunConfig.from_mapping(document["run_config"])
+
+
+def _run_title(folder: Path, config: RunConfig) -> str:
+    privacy = f"DP-SGD σ={config.noise_multiplier:g}" if config.dp else "no DP"
+    if config.dp and config.target_epsilon > 0:
+        privacy = f"DP-SGD, target ε={config.target_epsilon:g}"
+    return f"{folder.name}: {config.dataset}, {config.model}, {config.partitioner}, {privacy}"
+
+
+def _figure(*, width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp, dpi=DPI)
+    os.replace(tmp, path)
+    return path
+
+
+def _colors(count: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def _integer_rounds(axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isinf(value):
+        return f"{value:g}"
+    return str(value)
