@@ -28,13 +28,23 @@ import os
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedmodel.config import RunConfig
 from fedmodel.data import data_shape, load_partition
 from fedmodel.data.sources import (
     DataDescription,
+    DataError,
     SourceData,
     check_fits,
     check_trainable,
@@ -148,17 +158,22 @@ def describe_data(msg: Message, context: Context) -> Message:
     """Tell the server what this client's data looks like, checked to be trainable.
 
     The server asks every node before round 1 (``dataset = "custom"``) and builds the
-    model from the replies; bad data raises here, and the error reaches the server.
+    model from the replies. Bad data is an expected answer, not a crash: the reply
+    carries the error (no traceback in the node's log) and the server reports it.
     """
     config = RunConfig.from_mapping(context.run_config)
-    source = _custom_data(context, config)
-    check_trainable(
-        len(source.train),
-        batch_size=config.batch_size,
-        dp=config.dp,
-        delta=config.delta,
-        origin=source.origin,
-    )
+    try:
+        source = _custom_data(context, config)
+        check_trainable(
+            len(source.train),
+            batch_size=config.batch_size,
+            dp=config.dp,
+            delta=config.delta,
+            origin=source.origin,
+        )
+    except DataError as error:
+        failure = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"DataError: {error}")
+        return Message(failure, reply_to=msg)
     record = description_to_record(DataDescription.of(source))
     return Message(content=RecordDict({"data": record}), reply_to=msg)
 

@@ -115,8 +115,11 @@ class Experiment:
         lines = [f"experiment {self.name!r} from {self.source}: {len(self.runs)} run(s); {axes}"]
         for run in self.runs:
             lines.append(f"  {run.name}  ({run.num_clients} clients)")
-        for duplicate in self.duplicates:
-            lines.append(f"  skipped {duplicate}")
+        if self.duplicates:
+            lines.append(f"  {len(self.duplicates)} combination(s) would repeat a run, skipped:")
+            lines += [f"    {d}" for d in self.duplicates[:3]]
+            if len(self.duplicates) > 3:
+                lines.append("    ... (all in plan.json)")
         return "\n".join(lines)
 
 
@@ -387,7 +390,24 @@ def _expand(
                 index=len(runs) + 1, name=name, num_clients=num_clients, config=config, grid=grid
             )
         )
+    for key in axes:
+        if runs and key not in EXPERIMENT_KEYS and all(r.grid[key] is None for r in runs):
+            problems.append(
+                f"{source}: [run-config] key {key!r} = {_fmt_list(axes[key])} cannot change "
+                f"any run: {_why_unused(key, runs[0].config)}"
+            )
     return runs, duplicates, problems
+
+
+def _why_unused(key: str, config: RunConfig) -> str:
+    if key in DP_ONLY_KEYS and not config.dp:
+        return "dp is false"
+    if key == "noise-multiplier":
+        return (
+            f"target-epsilon = {config.target_epsilon:g} sets the noise; "
+            "add target-epsilon = 0 to use noise-multiplier"
+        )
+    return f"partitioner = {config.partitioner!r} does not read it"
 
 
 def fraction_for(count: int, num_clients: int) -> float:
@@ -431,6 +451,8 @@ def run_experiment(
     plots: bool = True,
     progress: bool = True,
     verbose: bool = False,
+    engine: str = "inprocess",
+    workers: int = 0,
     out: TextIO | None = None,
 ) -> ExperimentResult:
     """Run every planned run, each in its own folder; write the summary after each.
@@ -451,6 +473,8 @@ def run_experiment(
         Show a progress bar over rounds when the output is a terminal.
     verbose : bool
         Also show Flower's log.
+    engine, workers
+        Passed to :func:`~simulations.simulate.simulate` for every run.
     out : text stream, optional
         Where progress lines go (default ``sys.stdout``).
     """
@@ -482,7 +506,13 @@ def run_experiment(
                     label=f"run {run.index}/{total}",
                     enabled=progress,
                 ):
-                    simulate(config, num_clients=run.num_clients, verbose=verbose)
+                    simulate(
+                        config,
+                        num_clients=run.num_clients,
+                        verbose=verbose,
+                        engine=engine,
+                        workers=workers,
+                    )
                 outcome.status = "ok"
             except KeyboardInterrupt:
                 outcome.status = "interrupted"
@@ -537,6 +567,8 @@ def run_from_command_line(args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             progress=not args.no_progress,
             verbose=args.verbose,
+            engine=getattr(args, "engine", "inprocess"),
+            workers=getattr(args, "workers", 0) or 0,
         )
     except ExperimentError as error:
         print(f"fedmodel: {error}", file=sys.stderr)
@@ -711,7 +743,9 @@ def _cell(column: str, value: Any) -> str:
             return f"{value:.1f}"
         if column == "delta":
             return f"{value:g}"
-        return f"{value:.4f}" if column != "epsilon_max" else f"{value:.3f}"
+        if column == "epsilon_max":
+            return f"{value:.3f}"
+        return f"{value:.4f}" if column in ("final_accuracy", "best_accuracy") else _fmt(value)
     return _fmt(value) if value != "" else ("–" if column not in ("run", "status") else "")
 
 

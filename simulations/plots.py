@@ -127,8 +127,8 @@ def _frontier(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMe
         yerr = [[y - min(accuracy)], [max(accuracy) - y]] if len(runs) > 1 else None
         axes.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=label)
         points.append((x, y))
-    if len(points) > 1:
-        front = _pareto(points)
+    front = _pareto(points)
+    if len(front) > 1:
         axes.plot(*zip(*front, strict=True), color="black", lw=1, alpha=0.6, label="frontier")
     if points:
         epsilons = [p[0] for p in points]

@@ -44,9 +44,7 @@ def add_commands(
         default=[],
         help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
     )
-    deploy.add_argument(
-        "--run-dir", help="run folder to write (default <work-dir>/runs/<time>-...)"
-    )
+    deploy.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
     deploy.add_argument(
         "--work-dir",
         help="keep logs, certificates, keys and each node's state-dir (its privacy ledger) "
@@ -115,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _deploy_local(args: argparse.Namespace) -> int:
     from fedmodel.config import ConfigError, RunConfig
+    from fedmodel.results import default_run_dir
     from server.deployment.local_federation import DeploymentError, deploy_local
     from simulations.simulate import check_delta
 
@@ -127,6 +126,8 @@ def _deploy_local(args: argparse.Namespace) -> int:
             raise ConfigError(f"--clients = {args.clients} is out of range: must be >= 1")
         config = RunConfig.from_mapping(values)
         check_delta(config, num_clients=args.clients)
+        if not config.run_dir:  # as `simulate`: under ./runs, not in the work folder
+            values["run-dir"] = str(default_run_dir(config).resolve())
     except ConfigError as error:
         print(f"fedmodel: invalid config: {error}", file=sys.stderr)
         return 2

@@ -27,7 +27,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from server.deployment.certificates import CertificatePaths, make_certificates
+from server.deployment.node_keys import make_node_keys
+
+if TYPE_CHECKING:
+    from fedmodel.results import RoundMetrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "fedmodel-local"
@@ -188,12 +194,14 @@ class LocalFederation:
         node gets a key pair and is registered with ``flwr supernode register``
         before it starts, unless started with ``register=False``.
     warm : bool
-        Start each SuperNode with ``--isolation process`` next to the warm ClientApp
-        launcher of :mod:`server.deployment.warm_executor` (imports once, forks per
-        message) instead of Flower's default of one fresh ``flwr-clientapp`` per message.
+        Start the SuperLink and each SuperNode with ``--isolation process``, each next
+        to the warm launcher of :mod:`server.deployment.warm_executor` (imports once,
+        forks per task), instead of Flower's default of a fresh ``flwr-clientapp``
+        process per message and ``flwr-serverapp`` per run.
     node_threads : int, optional
-        Threads each node's torch may use (``OMP_NUM_THREADS``); several nodes on one
-        machine should share its cores rather than each take them all.
+        Threads each node's torch may use (``OMP_NUM_THREADS``); by default the cores
+        divided among the nodes: several nodes on one machine share its cores rather
+        than each take them all (which, on 2 cores, made rounds several times slower).
     startup_timeout : float
         Seconds each process may take to come up.
     """
@@ -221,7 +229,7 @@ class LocalFederation:
         self.auth = auth
         self.app_dir = Path(app_dir).resolve()
         self.warm = warm
-        self.node_threads = node_threads
+        self.node_threads = node_threads or max(1, (os.cpu_count() or 1) // num_nodes)
         self.startup_timeout = startup_timeout
         self._extra_node_configs = [dict(c) for c in node_configs] if node_configs else None
         self.superlink: ManagedProcess | None = None
@@ -270,9 +278,8 @@ class LocalFederation:
         return f"{LOOPBACK}:{self.port}"
 
     @property
-    def certificates(self):  # -> CertificatePaths
-        from server.deployment.certificates import CertificatePaths
-
+    def certificates(self) -> CertificatePaths:
+        """Where ``tls`` keeps the CA and the SuperLink's certificate."""
         certs = self.work_dir / "certs"
         return CertificatePaths(
             ca_cert=certs / "ca.crt",
@@ -288,8 +295,6 @@ class LocalFederation:
         # Apps run in this environment: never let the SuperLink `uv sync` their deps.
         args.append("--disable-runtime-dependency-installation")
         if self.tls:
-            from server.deployment.certificates import make_certificates
-
             certs = make_certificates(
                 self.work_dir / "certs", hosts=["localhost", LOOPBACK], overwrite=True
             )
@@ -400,8 +405,6 @@ class LocalFederation:
 
     def node_key(self, index: int) -> Path:
         """Node ``index``'s private key (made on first use)."""
-        from server.deployment.node_keys import make_node_keys
-
         key = self.work_dir / "keys" / f"node-{index}"
         if not key.exists():
             make_node_keys(key.parent, name=key.name)
@@ -443,7 +446,7 @@ class LocalFederation:
         self._node_starts[index] = starts
         suffix = "" if starts == 1 else f"-restart{starts - 1}"
         self.node_dir(index).mkdir(parents=True, exist_ok=True)
-        threads = {} if self.node_threads is None else {"OMP_NUM_THREADS": str(self.node_threads)}
+        threads = {"OMP_NUM_THREADS": str(self.node_threads)}
         env = flower_env(self.node_dir(index) / "flwr-home", threads)
         log_path = self.work_dir / "logs" / f"node-{index}{suffix}.log"
         self.nodes[index] = node = ManagedProcess(
@@ -629,13 +632,13 @@ class DeploymentResult:
     """Where a deployed run wrote its folder, what each round measured, how it ended."""
 
     run_dir: Path
-    rounds: list  # list[RoundMetrics]
+    rounds: list[RoundMetrics]
     run_id: int
     status: str
     work_dir: Path
 
     @property
-    def final(self):  # -> RoundMetrics
+    def final(self) -> RoundMetrics:
         return self.rounds[-1]
 
 
@@ -663,10 +666,7 @@ def deploy_local(
     work = Path(work_dir).resolve()
     run_dir = Path(config.run_dir or default_run_dir(config, root=work / "runs")).resolve()
     overrides = {**run_config, "run-dir": str(run_dir)}
-    threads = max(1, (os.cpu_count() or 1) // num_clients)
-    with LocalFederation(
-        work, num_nodes=num_clients, tls=tls, auth=auth, warm=warm, node_threads=threads
-    ) as federation:
+    with LocalFederation(work, num_nodes=num_clients, tls=tls, auth=auth, warm=warm) as federation:
         outcome = federation.submit(overrides, timeout=timeout, on_line=on_line)
     rounds = load_metrics(run_dir) if (run_dir / "metrics.json").exists() else []
     return DeploymentResult(

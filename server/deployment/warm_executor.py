@@ -30,8 +30,11 @@ import traceback
 from importlib.metadata import entry_points
 
 # Flower's app runtimes and the libraries this project's apps import; none is the app.
+# (torch.optim imports torch._dynamo on the first optimizer it builds: 1 s and more.)
+# Imports only: a parent that has run torch ops with several OpenMP threads cannot fork
+# safely (the children hang in their first parallel region).
 PRELOAD_COMMANDS = ("flwr-clientapp", "flwr-serverapp")
-PRELOAD_MODULES = ("numpy", "torch", "opacus", "sklearn.datasets")
+PRELOAD_MODULES = ("numpy", "torch", "torch._dynamo", "torch.optim", "opacus", "sklearn.datasets")
 
 
 class ForkExecutor:

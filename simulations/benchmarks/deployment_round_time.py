@@ -51,7 +51,7 @@ def in_process(rounds: int, work: Path) -> list:
 def deployed(rounds: int, work: Path, *, warm: bool) -> tuple[list, float]:
     name = "warm" if warm else "cold"
     started = time.perf_counter()
-    with LocalFederation(work / name, num_nodes=CLIENTS, warm=warm, node_threads=1) as federation:
+    with LocalFederation(work / name, num_nodes=CLIENTS, warm=warm) as federation:
         run_dir = work / name / "run"
         outcome = federation.submit({**job(rounds), "run-dir": str(run_dir)}, timeout=1800)
         if not outcome.succeeded:

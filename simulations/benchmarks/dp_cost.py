@@ -4,8 +4,9 @@ One local epoch of ``fedmodel.training.train_locally`` over 6,000 MNIST training
 (batch 60, so 100 steps), for the MLP and the CNN: DP-SGD in each of Opacus's modes
 (``hooks``: per-layer backward hooks; ``ew``: expanded weights; ``functorch``:
 ``vmap(grad)``; ``ghost``: ghost clipping, Li et al. 2022 / Bu et al. 2023) against the
-same epoch without DP. Repetitions alternate DP and non-DP epochs and the table shows
-medians, so both see the same machine load.
+same epoch without DP. Repetitions alternate DP and non-DP epochs, so both see the same
+machine load; the ratio is of the fastest epochs (load only ever adds time), the ratio
+of medians is shown beside it.
 
 "correct" checks each mode against ``hooks`` with noise 0: the same seed gives the same
 Poisson batches, so the clipped, averaged updates must agree (to float tolerance).
@@ -60,7 +61,7 @@ def epoch_seconds(model_name: str, data, *, dp: bool, mode: str = "hooks", noise
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--models", nargs="*", default=["mlp", "cnn"])
     args = parser.parse_args(argv)
@@ -81,21 +82,37 @@ def main(argv: list[str] | None = None) -> int:
                 gap = max(float((weights[k] - reference[k]).abs().max()) for k in reference)
                 correct = f"yes ({gap:.0e})" if gap < 1e-4 else f"NO (max |Δw| {gap:.1e})"
             except Exception as error:  # noqa: BLE001 - a mode that fails is reported
-                rows.append([model_name, mode, "-", "-", "-", f"fails: {type(error).__name__}"])
+                rows.append(
+                    [model_name, mode, "-", "-", "-", "-", f"fails: {type(error).__name__}"]
+                )
                 print(f"  {model_name}/{mode}: {type(error).__name__}: {error}", flush=True)
                 continue
             plain, private = [], []
             for _ in range(args.repetitions):
                 plain.append(epoch_seconds(model_name, data, dp=False)[0])
                 private.append(epoch_seconds(model_name, data, dp=True, mode=mode)[0])
-            p, d = statistics.median(plain), statistics.median(private)
-            rows.append([model_name, mode, p, d, d / p, correct])
+            p, d = min(plain), min(private)
+            ratio_median = statistics.median(private) / statistics.median(plain)
+            rows.append([model_name, mode, p, d, d / p, ratio_median, correct])
             print(f"  {model_name}/{mode}: {d / p:.2f}x", flush=True)
     print(
         f"\nOne local epoch, {EXAMPLES} MNIST images, batch {BATCH} "
-        f"(median of {args.repetitions}; goal DP/non-DP <= 1.5x)"
+        f"(fastest of {args.repetitions}, alternating; goal DP/non-DP <= 1.5x)"
     )
-    print(table(["model", "grad_sample_mode", "non-DP s", "DP-SGD s", "ratio", "correct"], rows))
+    print(
+        table(
+            [
+                "model",
+                "grad_sample_mode",
+                "non-DP s",
+                "DP-SGD s",
+                "ratio",
+                "ratio of medians",
+                "correct",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def _train(context: Context, server_round: int) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     splits = load_splits(config)
     model = build_model(
-        config.model, input_shape=splits.input_shape, num_classes=splits.num_classes,
+        config.model,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
         hidden_sizes=config.hidden_layer_sizes,
     )
     content = RecordDict(
@@ -103,8 +105,9 @@ def test_a_damaged_ledger_file_fails_the_round_with_its_path(tmp_path):
     context = _context(402, tmp_path)
     config = RunConfig.from_mapping(context.run_config)
     splits = load_splits(config)
-    model = build_model("mlp", input_shape=splits.input_shape, num_classes=splits.num_classes,
-                        hidden_sizes=(64,))
+    model = build_model(
+        "mlp", input_shape=splits.input_shape, num_classes=splits.num_classes, hidden_sizes=(64,)
+    )
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}
     )

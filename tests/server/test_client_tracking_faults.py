@@ -36,8 +36,9 @@ def _round(min_train_replies: int):
         ],
     )
     splits = load_splits(config)
-    model = build_model("mlp", input_shape=splits.input_shape, num_classes=splits.num_classes,
-                        hidden_sizes=(64,))
+    model = build_model(
+        "mlp", input_shape=splits.input_shape, num_classes=splits.num_classes, hidden_sizes=(64,)
+    )
     strategy = ClientTracking(
         FedAvg(fraction_train=1.0, fraction_evaluate=0.0),
         require_ledger=True,
@@ -52,8 +53,9 @@ def _round(min_train_replies: int):
     # The SuperLink answers for node 1003 (heartbeat expired); node 1004 never answers.
     sent[2].metadata.__dict__["_message_id"] = "down"
     sent[3].metadata.__dict__["_message_id"] = "silent"
-    unavailable = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"),
-                          reply_to=sent[2])
+    unavailable = Message(
+        Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"), reply_to=sent[2]
+    )
     unavailable.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
     arrays, _ = strategy.aggregate_train(1, [*replies, unavailable])
     return strategy, arrays

@@ -26,13 +26,19 @@ def test_nodes_read_their_own_data_and_a_bad_node_is_reported_and_left_out(tmp_p
     with LocalFederation(tmp_path / "fed", num_nodes=2, node_configs=node_configs) as federation:
         bad_node = federation.wait_for_node(1)
         outcome = federation.submit(
-            {"dataset": "custom", "test-data": str(tmp_path / "test.npz"),
-             "num-server-rounds": 1, "run-dir": str(run_dir)},
+            {
+                "dataset": "custom",
+                "test-data": str(tmp_path / "test.npz"),
+                "num-server-rounds": 1,
+                "run-dir": str(run_dir),
+            },
             timeout=240,
         )
     assert outcome.succeeded, outcome.log[-3000:]
     assert "Data check: 1 of 2 nodes ready, input shape (1, 8, 8), 10 classes, 719" in outcome.log
-    assert (f"excluded node {bad_node}: DataError: {tmp_path / 'bad.npz'}['x']: example 5 holds "
-            "nan" in outcome.log)
+    assert (
+        f"excluded node {bad_node}: DataError: {tmp_path / 'bad.npz'}['x']: example 5 holds "
+        "nan" in outcome.log
+    )
     (metrics,) = load_metrics(run_dir)
     assert metrics.clients_trained == 1 and metrics.test_accuracy > 0.3

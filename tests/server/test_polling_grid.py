@@ -39,14 +39,14 @@ class LateGrid(InProcessGrid):
 
 
 def _grid(delay: float) -> LateGrid:
-    return LateGrid(
-        delay=delay, client_app=_echo, run_config={}, node_configs=[{}, {}, {}]
-    )
+    return LateGrid(delay=delay, client_app=_echo, run_config={}, node_configs=[{}, {}, {}])
 
 
 def _messages(grid) -> list[Message]:
-    return [Message(RecordDict(), dst_node_id=n, message_type="query")
-            for n in reversed(list(grid.get_node_ids()))]
+    return [
+        Message(RecordDict(), dst_node_id=n, message_type="query")
+        for n in reversed(list(grid.get_node_ids()))
+    ]
 
 
 def test_replies_come_back_promptly_and_in_push_order():

@@ -43,6 +43,7 @@ clients = [4, 6]
 num-server-rounds = 1
 dp = [true, false]
 noise-multiplier = [1.0, 2.0]
+target-epsilon = 0
 """,
     )
     experiment = load_experiment(path)
@@ -75,6 +76,10 @@ def test_example_files_are_valid():
         ("[run-config]\nmodel = ['mlp', 'resnet']\n", "'model' = 'resnet'"),
         ("[run-config]\nlearning-rat = 0.1\n", "unknown run-config key 'learning-rat'"),
         ("[run-config]\nseed = []\n", "key 'seed' is an empty list"),
+        (
+            "[run-config]\nnoise-multiplier = [1.0, 2.0]\ntarget-epsilon = 4.0\n",
+            "'noise-multiplier' = [1, 2] cannot change any run: target-epsilon = 4 sets the noise",
+        ),
         ("[run-config]\nrun-dir = 'x'\n", "'run-dir' = 'x' is not allowed"),
         ("[experiment]\nclient = 3\n", "unknown key 'client' in [experiment]"),
         ("[experiment]\nclients = [4, 0]\n", "key 'clients' = 0 must be an integer >= 1"),
@@ -137,6 +142,9 @@ target-accuracy = 0.2
 num-server-rounds = 2
 dp = [true, false]
 noise-multiplier = 1.5
+target-epsilon = 0
+batch-size = 32
+learning-rate = 0.5
 """,
     )
     experiment = load_experiment(path)
@@ -189,7 +197,8 @@ noise-multiplier = 1.5
 def test_a_failing_run_is_recorded_and_the_others_still_run(tmp_path, capsys):
     path = write(
         tmp_path,
-        "[experiment]\nclients = 3\n[run-config]\nnum-server-rounds = 1\nseed = [0, 1]\n",
+        "[experiment]\nclients = 3\n[run-config]\nnum-server-rounds = 1\nseed = [0, 1]\n"
+        "batch-size = 32\nlearning-rate = 0.5\ntarget-epsilon = 0\n",
     )
     folder = tmp_path / "exp"
     folder.mkdir()

@@ -70,7 +70,7 @@ class LabelledData:
         indices = np.asarray(indices, dtype=np.int64)
         if isinstance(self.dataset, TensorDataset):
             index = torch.as_tensor(indices)
-            dataset: Dataset = TensorDataset(*(t[index].clone() for t in self.dataset.tensors))
+            dataset: Dataset = TensorDataset(*(t[index] for t in self.dataset.tensors))  # copies
         else:
             dataset = Subset(self.dataset, indices.tolist())
         return LabelledData(dataset=dataset, labels=self.labels[indices])

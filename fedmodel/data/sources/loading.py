@@ -33,7 +33,7 @@ from fedmodel.data.sources.python_loader import (
     HELD_PREFIX,
     call_loader,
     check_dataset,
-    held_object,
+    held_source,
     is_loader_spec,
     split_pair,
 )
@@ -52,11 +52,15 @@ def load_source(spec: str, *, options: DataOptions) -> SourceData:
 
     Loaded sources are cached per process (many in-process clients may share one
     file); a file's modification time and size are part of the key, so a rewritten
-    file is read again.
+    file is read again. A held object is checked once, until it is released.
     """
     if not spec:
         raise DataError("empty data path")
-    if spec.startswith(HELD_PREFIX) or (is_loader_spec(spec) and not os.path.exists(spec)):
+    if spec.startswith(HELD_PREFIX):
+        return held_source(
+            spec, options, lambda value: _from_python(value, origin=spec, options=options)
+        )
+    if is_loader_spec(spec) and not os.path.exists(spec):
         return _load_cached(spec, options, None)
     path = Path(spec).expanduser()
     try:
@@ -70,8 +74,6 @@ def load_source(spec: str, *, options: DataOptions) -> SourceData:
 
 @functools.lru_cache(maxsize=32)
 def _load_cached(spec: str, options: DataOptions, _stamp: tuple[int, int] | None) -> SourceData:
-    if spec.startswith(HELD_PREFIX):
-        return _from_python(held_object(spec), origin=spec, options=options)
     if _stamp is None:
         return _from_python(call_loader(spec), origin=spec, options=options)
     path = Path(spec)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 import itertools
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,10 +31,12 @@ from fedmodel.data.sources.validation import (
     check_shape,
 )
 
+T = TypeVar("T")
 LOADER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 HELD_PREFIX = "python-object:"
 
 _held: dict[str, Any] = {}
+_checked: dict[tuple[str, Any], Any] = {}  # (name, options) -> the checked source
 _counter = itertools.count()
 
 
@@ -50,17 +53,22 @@ def hold(obj: Any) -> str:
 
 
 def release(name: str) -> None:
-    """Forget a held object."""
+    """Forget a held object and what was built from it."""
     _held.pop(name, None)
+    for key in [key for key in _checked if key[0] == name]:
+        del _checked[key]
 
 
-def held_object(name: str) -> Any:
+def held_source(name: str, options: Any, build: Callable[[Any], T]) -> T:
+    """``build(object held under name)``, computed once per options until released."""
     if name not in _held:
         raise DataError(
             f"{name}: no dataset object held under this name in this process (objects "
             "given to the Python API reach only clients run in the same process)"
         )
-    return _held[name]
+    if (name, options) not in _checked:
+        _checked[name, options] = build(_held[name])
+    return _checked[name, options]
 
 
 def call_loader(spec: str) -> Any:

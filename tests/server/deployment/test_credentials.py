@@ -61,8 +61,17 @@ def test_cli_makes_certificates_and_keys(tmp_path, capsys):
 
 
 def test_deploy_local_refuses_a_bad_config_before_starting_anything(tmp_path, capsys):
-    code = main(["deploy-local", "--clients", "2", "--set", "round-timeout=0",
-                 "--work-dir", str(tmp_path / "w")])
+    code = main(
+        [
+            "deploy-local",
+            "--clients",
+            "2",
+            "--set",
+            "round-timeout=0",
+            "--work-dir",
+            str(tmp_path / "w"),
+        ]
+    )
     assert code == 2
     assert "run-config key 'round-timeout' = 0 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
