@@ -51,7 +51,8 @@ def make_certificates(
         Private keys are written with mode 0600. Keep ``ca.key`` off the SuperLink.
     hosts : sequence of str
         Every name or IP address SuperNodes and the ``flwr`` CLI use to reach the
-        SuperLink (e.g. ``["localhost", "127.0.0.1", "superlink.example.org"]``).
+        SuperLink (e.g. ``["127.0.0.1", "superlink.example.org"]``), and ``127.0.0.1``:
+        the SuperLink's own ServerApp launcher connects to it on loopback, over TLS.
         IP addresses become IP subject alternative names, the rest DNS names.
     days : int
         Validity of both certificates, from now.

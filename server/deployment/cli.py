@@ -100,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"CA private key:     {paths.ca_key}  (keep offline)")
         print(f"server certificate: {paths.server_cert}")
         print(f"server private key: {paths.server_key}")
+        if "127.0.0.1" not in args.hosts:
+            print(
+                "note: without --host 127.0.0.1 a SuperLink on 0.0.0.0 or 127.0.0.1 cannot "
+                "start its ServerApps (its launcher connects over loopback, with TLS)"
+            )
         return 0
     if args.command == "make-node-key":
         from server.deployment.node_keys import make_node_keys

@@ -4,8 +4,10 @@ The job: 3 clients, the CNN on digits, DP-SGD (the run config's defaults otherwi
 ``--rounds`` rounds. Three ways to run it, one after the other on the same machine:
 
 - ``in-process``: ``simulations.simulate`` (the ServerApp calls the ClientApps directly);
-- ``deployed, Flower defaults``: a SuperLink and 3 SuperNodes on loopback, each a
-  separate process, every message's ClientApp in a fresh ``flwr-clientapp`` process;
+- ``deployed, process per message``: a SuperLink and 3 SuperNodes on loopback, each a
+  separate process, every message's ClientApp in a fresh ``flwr-clientapp`` process
+  (Flower's default isolation; our ServerApp's prompt reply polling, 1 torch thread
+  per node and a 0.1 s launcher poll apply to both deployed rows);
 - ``deployed, warm``: the same with ``--isolation process`` and
   ``server.deployment.warm_executor`` (imports once, forks per message) -- what
   ``fedmodel deploy-local`` runs.
@@ -75,7 +77,8 @@ def main() -> None:
         base = in_process(args.rounds, work)
         results = [("in-process", base, time.perf_counter() - started)]
         if not args.no_cold:
-            results.append(("deployed, Flower defaults", *deployed(args.rounds, work, warm=False)))
+            cold = deployed(args.rounds, work, warm=False)
+            results.append(("deployed, process per message", *cold))
         results.append(("deployed, warm (deploy-local)", *deployed(args.rounds, work, warm=True)))
     reference = median_round(base)
     rows = [

@@ -9,6 +9,9 @@ worker processes, and Flower's Simulation Engine (``--engine ray``: a SuperLink,
   start to the end of round 1 (imports, SuperLink and Ray start, first calls);
 - steady-state seconds per round: median of rounds 2.., as timed by the ServerApp.
 
+With ``--repeat N`` the engines run N times each, interleaved, and the table shows medians
+(a shared machine's load drifts during a run).
+
 Ratios are against the in-process engine without workers, measured in the same run.
 Workloads: digits MLP, 10 clients all training each round (DP-SGD, fixed noise); with
 ``../shared/data/mnist.npz``, MNIST CNN, 100 clients of 600 images, 10 per round (E=1,
@@ -18,7 +21,8 @@ calibration (1-5 s per process) out of the engine comparison.
 Run (not part of CI)::
 
     .venv/bin/python -m simulations.benchmarks.engines
-    .venv/bin/python -m simulations.benchmarks.engines --rounds 10 --workers 2 --skip-mnist
+    .venv/bin/python -m simulations.benchmarks.engines --rounds 10 --workers 2 --skip-mnist \
+        --repeat 3
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ WORKLOADS = {
 def run(name: str, *, engine: str, workers: int, rounds: int, root: Path) -> dict[str, object]:
     num_clients, settings = WORKLOADS[name]
     run_dir = root / f"{name}-{engine}-{workers}"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "simulations.cli", "simulate", "--engine", engine,
                "--workers", str(workers), "--clients", str(num_clients), "--run-dir",
                str(run_dir), "--no-plots", "--no-progress"]
@@ -76,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="workers / Ray actors")
     parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per engine, interleaved; medians shown"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -86,16 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for name in names:
-            base = None
-            for engine, workers in (("inprocess", 0), ("inprocess", args.workers),
-                                    ("ray", args.workers)):
-                result = run(name, engine=engine, workers=workers, rounds=args.rounds,
-                             root=Path(root))
-                base = base or result
-                result["startup_ratio"] = result["startup_s"] / base["startup_s"]
-                result["round_ratio"] = result["round_s"] / base["round_s"]
-                print(f"  {result}", flush=True)
-                rows.append(result)
+            engines = [("inprocess", 0), ("inprocess", args.workers), ("ray", args.workers)]
+            runs: dict[tuple[str, int], list[dict[str, object]]] = {e: [] for e in engines}
+            for repetition in range(args.repeat):
+                for engine, workers in engines:
+                    result = run(name, engine=engine, workers=workers, rounds=args.rounds,
+                                 root=Path(root) / str(repetition))
+                    print(f"  {result}", flush=True)
+                    runs[(engine, workers)].append(result)
+            medians = [
+                {**found[0], **{key: statistics.median(r[key] for r in found)
+                                for key in ("startup_s", "round_s", "accuracy")}}
+                for found in runs.values()
+            ]
+            for result in medians:
+                result["startup_ratio"] = result["startup_s"] / medians[0]["startup_s"]
+                result["round_ratio"] = result["round_s"] / medians[0]["round_s"]
+            rows += medians
     print(
         table(
             ["workload", "engine", "start-up s", "x", "s/round (median 2..)", "x",
@@ -104,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
               r["round_ratio"], r["accuracy"], r["epsilon"]] for r in rows],
         )
     )
-    print("x: ratio to the in-process engine without workers, same workload, same run")
+    print(
+        f"x: ratio to the in-process engine without workers, same workload, same run; "
+        f"medians of {args.repeat} interleaved run(s) per engine"
+    )
     return 0
 
 

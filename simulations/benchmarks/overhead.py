@@ -67,8 +67,9 @@ def workloads(rounds: int, *, data_dir: str = DATA_DIR) -> list[Workload]:
         "batch-size": 10,
         "learning-rate": 0.1,
         "noise-multiplier": 1.0,
+        "target-epsilon": 0,  # the same σ in both (no per-client calibration)
     }
-    digits = {"dataset": "digits", "model": "mlp"}
+    digits = {"dataset": "digits", "model": "mlp", "target-epsilon": 0}
     found = Path(data_dir, "mnist.npz").is_file()
     chosen = []
     for dp in (True, False):
@@ -309,7 +310,9 @@ def measure(workload: Workload, *, repetitions: int, root: Path) -> dict[str, ob
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and repetitions")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 1 repetition")
+    parser.add_argument("--rounds", type=int, default=5, help="MNIST rounds (digits: 3x)")
+    parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="workload names to run")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up probes")
     parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the harness on one")
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     # process holds a core, which swamps the differences measured here.
     torch.set_num_threads(args.threads)
 
-    rounds, repetitions = (3, 1) if args.quick else (5, 2)
+    rounds, repetitions = (3, 1) if args.quick else (args.rounds, args.repetitions)
     chosen = [w for w in workloads(rounds) if not args.only or w.name in args.only]
     if args.profile:
         return _profile({w.name: w for w in chosen}[args.profile])
