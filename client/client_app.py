@@ -24,9 +24,6 @@ Per-client state that must outlive one message lives in ``context.state``:
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import numpy as np
 from flwr.app import (
     ArrayRecord,
@@ -52,7 +49,7 @@ from fedmodel.data.sources import (
 )
 from fedmodel.models import build_model
 from fedmodel.privacy import PrivacyLedger, noise_for_target_epsilon
-from fedmodel.privacy.ledger_store import LedgerStore, data_key
+from fedmodel.privacy.ledger_store import LedgerStore, data_identity, data_key
 from fedmodel.records import (
     description_to_record,
     ledger_to_record,
@@ -192,7 +189,7 @@ def _client_dataset(context: Context, config: RunConfig):
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError(
             f"node {context.node_id}: node config needs 'partition-id' and 'num-partitions' "
-            f"(got {sorted(node)}); e.g. --node-config \"partition-id=0 num-partitions=3\""
+            f'(got {sorted(node)}); e.g. --node-config "partition-id=0 num-partitions=3"'
         )
     return load_partition(
         config, partition_id=int(node["partition-id"]), num_partitions=int(node["num-partitions"])
@@ -241,7 +238,7 @@ def _node_total(
     if not state_dir:
         return ledger
     store = LedgerStore(str(state_dir))
-    identity = _data_identity(context, config)
+    identity = data_identity(config, node_config=context.node_config)
     key = data_key(identity)
     if config.dp:
         history = ledger.state_dict()["history"]
@@ -257,30 +254,6 @@ def _node_total(
         }
     )
     return total
-
-
-def _data_identity(context: Context, config: RunConfig) -> dict[str, Any]:
-    """What data this node trains on: the key of its ledger across runs."""
-    node = context.node_config
-    if config.dataset == "custom" or "data-path" in node:
-        path = str(node.get("data-path", config.data_path))
-        # A file or folder by absolute path; a `package.module:function` loader as is.
-        return {"data-path": os.path.abspath(path) if os.path.exists(path) else path}
-    identity: dict[str, Any] = {
-        "dataset": config.dataset,
-        "seed": config.seed,
-        "partitioner": config.partitioner,
-        "partition-id": int(node["partition-id"]),
-        "num-partitions": int(node["num-partitions"]),
-    }
-    if config.partitioner == "dirichlet":
-        identity["dirichlet-alpha"] = config.dirichlet_alpha
-    if config.partitioner == "shards":
-        identity["shards-per-client"] = config.shards_per_client
-    if config.dataset == "synthetic":
-        identity["synthetic-alpha"] = config.synthetic_alpha
-        identity["synthetic-beta"] = config.synthetic_beta
-    return identity
 
 
 def _noise_multiplier(context: Context, config: RunConfig, *, num_examples: int) -> float:

@@ -199,9 +199,13 @@ def serve(connection: Connection, client_app: str) -> None:
         try:
             task = connection.recv()
         except EOFError:
-            return
+            task = None
         if task is None:
-            return
+            # Like multiprocessing's workers: skip interpreter teardown (seconds with torch
+            # loaded); nothing is left to save.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         index, message, context = task
         reply = call_client_app(app, message, context)
         connection.send((index, reply, context.state))

@@ -29,7 +29,47 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmodel.config import RunConfig
+
 FORMAT_VERSION = 1
+
+
+def data_identity(config: RunConfig, *, node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What data a node trains on under ``config``: the description its ledger is kept by.
+
+    The node's own ``data-path`` (made absolute when it is a path, kept as is for a
+    ``package.module:function`` loader), or the run's dataset; plus, whenever the node
+    holds one partition of it (``partition-id``), everything that decides that
+    partition. A different partitioning of the same data counts as different data.
+    """
+    identity: dict[str, Any]
+    if config.dataset == "custom" or "data-path" in node_config:
+        path = str(node_config.get("data-path", config.data_path))
+        identity = {"data-path": os.path.abspath(path) if os.path.exists(path) else path}
+    else:
+        identity = {"dataset": config.dataset}
+    if config.dataset == "synthetic":
+        identity.update(
+            {
+                "synthetic-alpha": config.synthetic_alpha,
+                "synthetic-beta": config.synthetic_beta,
+                "seed": config.seed,
+            }
+        )
+    if "partition-id" in node_config:
+        identity.update(
+            {
+                "seed": config.seed,
+                "partitioner": config.partitioner,
+                "partition-id": int(node_config["partition-id"]),
+                "num-partitions": int(node_config["num-partitions"]),
+            }
+        )
+        if config.partitioner == "dirichlet":
+            identity["dirichlet-alpha"] = config.dirichlet_alpha
+        if config.partitioner == "shards":
+            identity["shards-per-client"] = config.shards_per_client
+    return identity
 
 
 def data_key(description: Mapping[str, Any]) -> str:
