@@ -35,12 +35,12 @@ class RunConfig:
     test keeps the two equal).
     """
 
-    num_server_rounds: int = 30
+    num_server_rounds: int = 40
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     local_epochs: int = 1
     batch_size: int = 64
-    learning_rate: float = 2.0
+    learning_rate: float = 1.0
     momentum: float = 0.0
     model: str = "mlp"
     hidden_sizes: str = "64"
@@ -65,10 +65,10 @@ class RunConfig:
     dp: bool = True
     noise_multiplier: float = 1.5
     target_epsilon: float = 8.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 2.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "ghost"  # fastest correct mode (simulations/benchmarks/dp_cost.py)
     run_dir: str = ""
     # Faults (README, "Deploy"): a round ends when every sampled node replied or after
     # round-timeout seconds; with fewer than min-train-replies updates the model is kept.

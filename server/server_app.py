@@ -21,6 +21,8 @@ from server.data_check import ExcludingGrid, check_client_data
 from server.polling_grid import PromptGrid
 from server.strategies.client_tracking import ClientTracking
 
+PER_CLIENT_LOG_LIMIT = 5
+
 app = ServerApp()
 
 
@@ -111,7 +113,8 @@ def main(grid: Grid, context: Context) -> None:
                 folder.save_ledger(client, ledger)
                 saved_ledgers[client] = ledger
         print(metrics.line(num_rounds=config.num_server_rounds, dp=config.dp), flush=True)
-        if config.dp and strategy.last_round_epsilons:
+        # Per-client ε on the log for small federations; always in privacy/<client>.json.
+        if config.dp and 0 < len(strategy.last_round_epsilons) <= PER_CLIENT_LOG_LIMIT:
             print(f"  {strategy.epsilon_line()}", flush=True)
         for failure in strategy.last_round_failures:
             print(f"  failed: {failure}", flush=True)

@@ -31,7 +31,7 @@ class TrainingSettings:
     dp: bool = True
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "ghost"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -21,8 +21,8 @@ calibration (1-5 s per process) out of the engine comparison.
 Run (not part of CI)::
 
     .venv/bin/python -m simulations.benchmarks.engines
-    .venv/bin/python -m simulations.benchmarks.engines --rounds 10 --workers 2 --skip-mnist \
-        --repeat 3
+    .venv/bin/python -m simulations.benchmarks.engines --rounds 10 --workers 2 \
+        --workloads digits-mlp-dp --repeat 3
 """
 
 from __future__ import annotations
@@ -80,16 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="workers / Ray actors")
-    parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument(
+        "--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+        help="default: both (MNIST only when ../shared/data/mnist.npz exists)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per engine, interleaved; medians shown"
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    names = ["digits-mlp-dp"]
-    if not args.skip_mnist and (DATA_DIR / "mnist.npz").is_file():
-        names.append("mnist-cnn-dp")
+    names = [n for n in args.workloads if n != "mnist-cnn-dp" or (DATA_DIR / "mnist.npz").is_file()]
     print(header("Engines: Flower's Ray simulation engine vs the in-process engine"), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as root:
