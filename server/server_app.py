@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -56,15 +59,17 @@ def main(grid: Grid, context: Context) -> None:
     )
     # Without a central test set the clients' own evaluation is the only measure.
     fraction_evaluate = config.fraction_evaluate or (1.0 if test is None else 0.0)
-    strategy = ClientTracking(
-        FedAvg(
+    with _flower_log_level(logging.ERROR):  # FedAvg warns when fraction-evaluate is 0: intended
+        fedavg = FedAvg(
             fraction_train=config.fraction_train,
             fraction_evaluate=fraction_evaluate,
             # A round cannot keep k updates unless k nodes are connected and sampled.
             min_train_nodes=config.min_train_replies,
             min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
             min_available_nodes=config.min_train_replies,
-        ),
+        )
+    strategy = ClientTracking(
+        fedavg,
         require_ledger=config.dp,
         min_train_replies=config.min_train_replies,
         round_timeout=config.round_timeout,
@@ -142,3 +147,14 @@ def main(grid: Grid, context: Context) -> None:
 def _metric(metrics: MetricRecord | None, key: str) -> float:
     """An aggregated client metric of this round, or nan when no client evaluated."""
     return float(metrics[key]) if metrics and key in metrics else math.nan  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _flower_log_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("flwr")
+    previous = logger.level
+    logger.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
