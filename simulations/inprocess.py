@@ -17,11 +17,13 @@ and data is loaded per client on demand by the ClientApp through bounded caches.
 
 from __future__ import annotations
 
+import contextlib
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from simulations.worker_pool import WorkerPool
 
 FIRST_NODE_ID = 1001
+TORCH_THREADS = 1  # per client-training process (see one_torch_thread)
 
 
 class InProcessGrid(Grid):
@@ -110,10 +113,11 @@ class InProcessGrid(Grid):
             message.metadata.__dict__["_run_id"] = self._run.run_id
         known = [m for m in messages if m.metadata.dst_node_id in self._node_configs]
         if self.pool is None:
-            replies = {
-                id(m): call_client_app(self.client_app, m, self.context(m.metadata.dst_node_id))
-                for m in known
-            }
+            with one_torch_thread():
+                replies = {
+                    id(m): call_client_app(self.client_app, m, self.context(m.metadata.dst_node_id))
+                    for m in known
+                }
         else:
             replies = {}
             for wave in _waves(known):  # a node's messages in turn: its state goes along
@@ -141,6 +145,24 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Train clients with one torch thread, then restore the setting (the server's
+    evaluation of the global model on the test set does gain from more).
+
+    Per-client batches are small: intra-op threads cost more than they give, and under
+    load (workers, other jobs) they fight over the cores (a DP-SGD step measured 25x
+    slower with two threads on two busy cores). Workers use one thread too, so results
+    are bit-identical with and without them.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def call_client_app(client_app: Any, message: Message, context: Context) -> Message:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
@@ -19,7 +18,7 @@ from fedmodel.data.sources import release
 from fedmodel.results import RoundMetrics, default_run_dir, load_metrics
 from simulations.client_data import DEFAULT_NUM_CLIENTS, client_node_configs
 from simulations.inprocess import InProcessGrid
-from simulations.worker_pool import TORCH_THREADS, WorkerPool
+from simulations.worker_pool import WorkerPool
 
 CLIENT_APP = "client.client_app:app"  # as [tool.flwr.app.components] in pyproject.toml
 
@@ -70,8 +69,8 @@ def simulate(
         Flower's Simulation Engine through a local SuperLink, see
         :func:`simulations.ray_engine.simulate_on_ray` (``workers`` = Ray actors).
 
-    Clients train with one torch thread per process (restored afterwards): their
-    batches are small, and threads of several processes fight over the cores.
+    Clients train with one torch thread (see ``simulations/inprocess.py``); the server's
+    evaluation keeps torch's default.
 
     Everything is validated before any file is written: an invalid config raises
     :class:`~fedmodel.config.ConfigError`, data that no client can train on raises
@@ -123,15 +122,13 @@ def simulate(
         run_config=run_config.to_mapping(),
     )
     flower_logger = logging.getLogger("flwr")
-    previous_level, previous_threads = flower_logger.level, torch.get_num_threads()
+    previous_level = flower_logger.level
     if not verbose:
         flower_logger.setLevel(logging.WARNING)
-    torch.set_num_threads(TORCH_THREADS)
     try:
         server_app(grid, server_context)
     finally:
         flower_logger.setLevel(previous_level)
-        torch.set_num_threads(previous_threads)
         if pool is not None:
             pool.close()
         for name in held:

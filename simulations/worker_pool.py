@@ -38,7 +38,6 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
-TORCH_THREADS = 1
 _WORKER_MAIN = (
     "import sys; from multiprocessing.connection import Connection; "
     "from simulations.worker_pool import serve; serve(Connection(int(sys.argv[1])), sys.argv[2])"
@@ -108,7 +107,7 @@ class WorkerPool:
                     index = pending.popleft()
                     try:
                         worker.connection.send((index, *tasks[index]))
-                    except OSError:  # died before it read anything: the task is intact
+                    except OSError:  # the worker is gone: fail this task as a crash
                         answers[index] = self._died(slot, tasks[index])
                         continue
                     busy[slot] = index
@@ -150,7 +149,7 @@ class WorkerPool:
         ours, theirs = Pipe(duplex=True)  # a socket pair on POSIX
         # The worker must import what this process can: hand it our sys.path.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.curdir for p in sys.path)}
-        env["OMP_NUM_THREADS"] = str(TORCH_THREADS)
+        env["OMP_NUM_THREADS"] = "1"  # as TORCH_THREADS, before torch starts its pool
         process = subprocess.Popen(
             [sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno()), self.client_app],
             pass_fds=[theirs.fileno()],
@@ -190,7 +189,7 @@ def serve(connection: Connection, client_app: str) -> None:
 
     import torch
 
-    from simulations.inprocess import call_client_app
+    from simulations.inprocess import TORCH_THREADS, call_client_app
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     torch.set_num_threads(TORCH_THREADS)
