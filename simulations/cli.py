@@ -25,6 +25,20 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable) and ``--run-dir``: every command that runs a job."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=parse_assignment,
+        action="append",
+        default=[],
+        help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
+    )
+    parser.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmodel", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,16 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--clients", type=int, help="number of clients (default 10, or the experiment file's)"
     )
-    simulate.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        type=parse_assignment,
-        action="append",
-        default=[],
-        help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
-    )
-    simulate.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
+    add_run_config_arguments(simulate)
     simulate.add_argument(
         "--engine",
         choices=["inprocess", "ray"],
@@ -78,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from server.deployment.cli import add_commands  # parsers only: deploy-local, make-certs, ...
 
-    add_commands(commands, parse_assignment=parse_assignment)
+    add_commands(commands, add_run_config_arguments=add_run_config_arguments)
     return parser
 
 

@@ -83,8 +83,7 @@ def simulate_on_ray(
         raise ConfigError(f"number of clients = {num_clients} is out of range: must be >= 1")
     if workers < 0:
         raise ConfigError(f"number of workers = {workers} is out of range: must be >= 0")
-    if run_config.dataset != "custom":
-        check_delta(run_config, num_clients=num_clients)
+    check_delta(run_config, num_clients=num_clients)
     run_dir = Path(run_config.run_dir) if run_config.run_dir else default_run_dir(run_config)
     run_dir = run_dir.resolve()  # the ServerApp runs in another process and folder
     if (run_dir / "config.json").exists():

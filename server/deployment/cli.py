@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 COMMANDS = ("deploy-local", "make-certs", "make-node-key")
 
@@ -26,7 +25,9 @@ _FLOWER_COPY = re.compile(r"^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d:[A-Z]+:")
 
 
 def add_commands(
-    commands: argparse._SubParsersAction, *, parse_assignment: Callable[[str], Any]
+    commands: argparse._SubParsersAction,
+    *,
+    add_run_config_arguments: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Add the deployment subcommands to ``fedmodel``'s parser."""
     deploy = commands.add_parser(
@@ -35,16 +36,7 @@ def add_commands(
         "SuperNode per client, each a separate process on loopback (README, 'Deploy')",
     )
     deploy.add_argument("--clients", type=int, default=3, help="number of SuperNodes (default 3)")
-    deploy.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        type=parse_assignment,
-        action="append",
-        default=[],
-        help="override a run-config key, e.g. --set num-server-rounds=5 --set model=cnn",
-    )
-    deploy.add_argument("--run-dir", help="run folder to write (default runs/<time>-...)")
+    add_run_config_arguments(deploy)
     deploy.add_argument(
         "--work-dir",
         help="keep logs, certificates, keys and each node's state-dir (its privacy ledger) "
