@@ -143,6 +143,8 @@ def test_ten_thousand_synthetic_clients_run_and_only_sampled_ones_keep_a_ledger(
             "num-server-rounds": 2,
             "fraction-train": 0.001,  # 10 of 10,000 per round
             "learning-rate": 0.1,
+            "target-epsilon": 0,  # fixed noise: no per-client calibration to wait for
+            "noise-multiplier": 1.0,
             "run-dir": str(tmp_path / "run"),
         },
         num_clients=10_000,
