@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore.run import Run
 
 from fedmodel.config import RunConfig
 from fedmodel.data.sources import (
@@ -28,6 +27,7 @@ from fedmodel.data.sources import (
     load_test_set,
 )
 from fedmodel.records import record_to_description
+from server.delegating_grid import DelegatingGrid
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _readable(reason: str) -> str:
 _FLOWER_REASON = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>", flags=re.S)
 
 
-class ExcludingGrid(Grid):
+class ExcludingGrid(DelegatingGrid):
     """A Grid that hides some nodes from the strategy (those whose data failed the check).
 
     Flower's strategies sample from ``grid.get_node_ids()``; filtering there keeps
@@ -138,29 +138,8 @@ class ExcludingGrid(Grid):
     """
 
     def __init__(self, grid: Grid, *, excluded: Iterable[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.excluded = frozenset(excluded)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.grid.get_node_ids() if n not in self.excluded]
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[override]
-        return self.grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)

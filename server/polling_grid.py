@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from server.delegating_grid import DelegatingGrid
 
 POLL_INTERVAL_S = 0.1
 
 
-class PromptGrid(Grid):
+class PromptGrid(DelegatingGrid):
     """Delegate to ``grid``; in ``send_and_receive`` poll every ``interval`` seconds.
 
     Parameters
@@ -32,34 +33,8 @@ class PromptGrid(Grid):
     def __init__(self, grid: Grid, *, interval: float = POLL_INTERVAL_S) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
-        self.grid = grid
+        super().__init__(grid)
         self.interval = interval
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
