@@ -1,45 +1,49 @@
 """The Flower ClientApp: translate messages to fedmodel's private local training and back.
 
-Node config (``--node-config`` of a SuperNode, or set by a simulation engine):
+Node config (``--node-config`` of a SuperNode, or set by a simulation engine) belongs
+to the node's operator; the server cannot change it. Besides the node's privacy policy
+(``fedmodel.privacy.node_policy``: ``noise-source``, ``require-dp``,
+``min-noise-multiplier``, ``max-epsilon``, ``allowed-accountants``, ``state-dir``,
+``data-id``, ``simulated``):
 
 ``partition-id`` / ``num-partitions``
-    Which share of the dataset named in the run config this node holds.
+    Which share of a built-in dataset this node holds.
+``data-dir``
+    Where this node finds a built-in dataset's files (``mnist.npz``, ...).
 ``data-path``
     This node's own data (run-config ``dataset = "custom"``): a file, folder or
-    ``package.module:function`` (README, "Use your own data"). It replaces
-    ``partition-id`` / ``num-partitions``.
-``state-dir``
-    A node-local directory where the node keeps its privacy ledger across runs
-    (``fedmodel.privacy.ledger_store``): a later run on the same data starts from the
-    ε already spent. Without it, ε is cumulative within one run only.
+    ``package.module:function`` (README, "Use your own data").
 
-Per-client state that must outlive one message lives in ``context.state``:
+A deployed (not simulated) node reads data locations from its node config only: the
+run config's ``data-dir`` / ``data-path`` are the server's and are ignored here, so a
+server cannot point a node at other files or loaders.
 
-``privacy-ledger``
-    The client's accountant history (``PrivacyLedger.state_dict()``), so every ε it
-    reports is cumulative over all its DP-SGD steps in the run.
-``privacy-calibration``
-    The noise multiplier computed once from ``target-epsilon`` for the whole run.
+Per-client state that must outlive one message lives in ``context.state`` under
+``client-privacy``: the :class:`~fedmodel.privacy.client_privacy.ClientPrivacy` state
+(this run's ledger, the calibrated noise). The node's ledger file in ``state-dir`` is
+the record that survives restarts.
+
+What leaves the node under DP is listed in the README ("What a client sends"): the
+update, the ledger (σ, q, steps: public parameters of the mechanism), ε, and counts
+that the ledger already implies; no loss or accuracy on training records. Error
+replies carry value-free texts only; the full text goes to the node's log.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
+
 import numpy as np
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedmodel.config import RunConfig
+from fedmodel.config import ConfigError, RunConfig
 from fedmodel.data import data_shape, load_partition
 from fedmodel.data.sources import (
+    NODE_DATA_KEY,
     DataDescription,
     DataError,
     SourceData,
@@ -48,32 +52,62 @@ from fedmodel.data.sources import (
     client_source,
 )
 from fedmodel.models import build_model
-from fedmodel.privacy import PrivacyLedger, noise_for_target_epsilon
-from fedmodel.privacy.ledger_store import LedgerStore, data_identity, data_key
+from fedmodel.privacy.client_privacy import ClientPrivacy, PrivacyRequest
+from fedmodel.privacy.ledger_store import LedgerError, data_identity
+from fedmodel.privacy.node_policy import NodePolicy, PolicyRefusal
 from fedmodel.records import (
+    client_privacy_to_record,
     description_to_record,
     ledger_to_record,
+    record_to_client_privacy,
     record_to_federation,
-    record_to_ledger,
 )
-from fedmodel.training import TrainingSettings, evaluate, sample_rate_for, train_locally
+from fedmodel.training import TrainingSettings, evaluate, train_locally
 
-LEDGER_STATE_KEY = "privacy-ledger"
-CALIBRATION_STATE_KEY = "privacy-calibration"
+PRIVACY_STATE_KEY = "client-privacy"
+# Errors whose text names places and kinds of problems only, never a data value.
+_VALUE_FREE_ERRORS = (ConfigError, PolicyRefusal, LedgerError, FileNotFoundError)
+logger = logging.getLogger("fedmodel.client")
 
 app = ClientApp()
 
 
+def _replies_with_errors(handler: Callable[[Message, Context], Message]):
+    """Turn an exception into an error reply the server may read: no data values in it.
+
+    Refusals, config and file errors name keys, places and kinds of problems and are
+    sent as they are; a ``DataError`` sends its value-free ``public`` text; anything
+    else sends only its type. The full text always goes to this node's log.
+    """
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a reply
+            logger.warning("%s: %s: %s", client_name(context), type(error).__name__, error)
+            if isinstance(error, DataError):
+                text = error.public
+            elif isinstance(error, _VALUE_FREE_ERRORS):
+                text = str(error)
+            else:
+                text = "the ClientApp failed (details in the node's log)"
+            reason = f"{type(error).__name__}: {text}"
+            failure = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(failure, reply_to=msg)
+
+    return wrapped
+
+
 @app.train()
+@_replies_with_errors
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's data; reply with the update."""
-    config = RunConfig.from_mapping(context.run_config)
-    dataset = _client_dataset(context, config)
-    client = client_name(context)
+    policy = NodePolicy.from_node_config(context.node_config)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    privacy = _client_privacy(context, config, policy)
     server_round = int(msg.content["config"]["server-round"])
-    model = _model_for(config, msg, context)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-
+    dataset = _client_dataset(context, config)
     if config.dataset == "custom":
         check_trainable(
             len(dataset),
@@ -82,14 +116,17 @@ def train(msg: Message, context: Context) -> Message:
             delta=config.delta,
             origin=_custom_data(context, config).origin,
         )
-    ledger = _load_ledger(context, config)
-    noise = _noise_multiplier(context, config, num_examples=len(dataset))
     if config.dp and config.delta >= 1.0 / len(dataset):
-        raise ValueError(
-            f"client {client}: delta {config.delta:g} is not below 1/{len(dataset)} "
-            f"(1 / its number of records); such a delta permits leaking a whole record. "
-            f"Lower run-config key 'delta'."
+        raise ConfigError(
+            f"client {client_name(context)}: run-config 'delta' = {config.delta:g} is not "
+            "below 1 / the client's number of records; such a delta permits leaking a "
+            "whole record. Lower it."
         )
+    # Refused here, before any record is read for training, when the policy says no.
+    plan = privacy.plan_round(num_examples=len(dataset), server_round=server_round)
+    model = _model_for(config, msg, context)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    steps_before = privacy.ledger.steps
     result = train_locally(
         model,
         dataset,
@@ -99,48 +136,73 @@ def train(msg: Message, context: Context) -> Message:
             learning_rate=config.learning_rate,
             momentum=config.momentum,
             dp=config.dp,
-            noise_multiplier=noise,
+            noise_multiplier=plan.noise_multiplier,
             max_grad_norm=config.max_grad_norm,
             grad_sample_mode=config.grad_sample_mode,
         ),
-        ledger=ledger if config.dp else None,
+        ledger=privacy.ledger if config.dp else None,
         seed=_training_seed(config.seed, server_round, context),
+        noise_source=policy.noise_source,
     )
-    # The update leaves the node only after its steps are on the node's disk.
-    total = _node_total(ledger, context, config, num_examples=len(dataset), steps=result.steps)
-    epsilon = total.epsilon() if config.dp else float("inf")
+    # The update leaves the node only after its steps are in the node's ledger.
+    if not config.dp:
+        privacy.record_without_dp(plan)
+        context.state[PRIVACY_STATE_KEY] = client_privacy_to_record(privacy.state_dict())
+        metrics = {
+            "num-examples": result.num_examples,
+            "train-loss": result.mean_loss,
+            "steps": result.steps,
+        }
+        return Message(
+            content=RecordDict(
+                {"arrays": ArrayRecord(result.state_dict), "metrics": MetricRecord(metrics)}
+            ),
+            reply_to=msg,
+        )
+    total = privacy.record_round(plan, steps_before=steps_before)
+    context.state[PRIVACY_STATE_KEY] = client_privacy_to_record(privacy.state_dict())
+    # Under DP only public quantities: the weight is ceil(N / B) * B, implied by the
+    # ledger's q and steps; the exact N and the training loss are not sent.
+    metrics = {"num-examples": plan.steps // config.local_epochs * config.batch_size}
+    metrics["steps"] = result.steps
+    privacy_record = ledger_to_record(
+        total.state_dict(),
+        client=client_name(context),
+        epsilon=total.epsilon(),
+        **{"noise-multiplier": plan.noise_multiplier, "noise-source": policy.noise_source},
+    )
     content = RecordDict(
         {
             "arrays": ArrayRecord(result.state_dict),
-            "metrics": MetricRecord(
-                {
-                    "num-examples": result.num_examples,
-                    "train-loss": result.mean_loss,
-                    "steps": result.steps,
-                }
-            ),
+            "metrics": MetricRecord(metrics),
+            "privacy": privacy_record,
         }
     )
-    if config.dp:
-        state = ledger.state_dict()
-        context.state[LEDGER_STATE_KEY] = ledger_to_record(state)
-        content["privacy"] = ledger_to_record(
-            total.state_dict(), client=client, epsilon=epsilon, **{"noise-multiplier": noise}
-        )
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
+@_replies_with_errors
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this client's local data.
 
     Custom data with a test split of its own (a Python loader's ``(train, test)``
-    pair) is evaluated on that split, otherwise on the client's training data.
+    pair) is evaluated on that split. Without one, the training records are used only
+    without DP: under DP their loss and accuracy would be noise-free statistics of the
+    records the guarantee protects, so the node refuses.
     """
-    config = RunConfig.from_mapping(context.run_config)
-    dataset = _client_dataset(context, config)
+    policy = NodePolicy.from_node_config(context.node_config)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    held_out = None
     if config.dataset == "custom" and _custom_data(context, config).test is not None:
-        dataset = _custom_data(context, config).test.dataset  # type: ignore[union-attr]
+        held_out = _custom_data(context, config).test.dataset  # type: ignore[union-attr]
+    if held_out is None and config.dp:
+        raise PolicyRefusal(
+            "under DP this node evaluates only on a held-out split, and it has none "
+            "(its loader gives no (train, test) pair); use a central test set "
+            "(run-config test-data) instead"
+        )
+    dataset = held_out if held_out is not None else _client_dataset(context, config)
     model = _model_for(config, msg, context)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loss, accuracy = evaluate(model, dataset)
@@ -151,27 +213,38 @@ def evaluate_global(msg: Message, context: Context) -> Message:
 
 
 @app.query()
+@_replies_with_errors
 def describe_data(msg: Message, context: Context) -> Message:
     """Tell the server what this client's data looks like, checked to be trainable.
 
     The server asks every node before round 1 (``dataset = "custom"``) and builds the
     model from the replies. Bad data is an expected answer, not a crash: the reply
-    carries the error (no traceback in the node's log) and the server reports it.
+    carries the error's value-free text and the server reports it. Under DP the
+    description holds only what is public anyway: the input shape, the configured
+    class count, the size bound ``ceil(N / B) * B``, and whether a held-out split
+    exists; no class names or counts read from the records.
     """
-    config = RunConfig.from_mapping(context.run_config)
-    try:
-        source = _custom_data(context, config)
-        check_trainable(
-            len(source.train),
-            batch_size=config.batch_size,
-            dp=config.dp,
-            delta=config.delta,
-            origin=source.origin,
+    policy = NodePolicy.from_node_config(context.node_config)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    source = _custom_data(context, config)
+    check_trainable(
+        len(source.train),
+        batch_size=config.batch_size,
+        dp=config.dp,
+        delta=config.delta,
+        origin=source.origin,
+    )
+    description = DataDescription.of(source)
+    if config.dp:
+        size_bound = -(-len(source.train) // config.batch_size) * config.batch_size
+        description = DataDescription(
+            input_shape=description.input_shape,
+            num_classes=config.num_classes,
+            num_examples=size_bound,
+            origin=description.origin,
         )
-    except DataError as error:
-        failure = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"DataError: {error}")
-        return Message(failure, reply_to=msg)
-    record = description_to_record(DataDescription.of(source))
+    record = description_to_record(description)
+    record["has-held-out-split"] = source.test is not None
     return Message(content=RecordDict({"data": record}), reply_to=msg)
 
 
@@ -182,18 +255,61 @@ def client_name(context: Context) -> str:
     return f"node-{context.node_id}"
 
 
+def _node_view(config: RunConfig, policy: NodePolicy) -> RunConfig:
+    """The run config as this node applies it: a deployed node's data locations are its own."""
+    if policy.simulated:
+        return config
+    return config.replace(data_dir="", data_path="", test_data="")
+
+
+def _client_privacy(context: Context, config: RunConfig, policy: NodePolicy) -> ClientPrivacy:
+    if config.dataset == "custom" or NODE_DATA_KEY in context.node_config:
+        data_path = str(context.node_config.get(NODE_DATA_KEY, config.data_path))
+    else:
+        data_path = ""
+    node_config = dict(context.node_config)
+    if policy.simulated and config.data_dir and "data-dir" not in node_config:
+        node_config["data-dir"] = config.data_dir
+    privacy = ClientPrivacy(
+        policy=policy,
+        request=PrivacyRequest(
+            dp=config.dp,
+            noise_multiplier=config.noise_multiplier,
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            accountant=config.accountant,
+            num_server_rounds=config.num_server_rounds,
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+        ),
+        run_id=context.run_id,
+        data=data_identity(node_config, dataset=config.dataset, data_path=data_path),
+    )
+    if PRIVACY_STATE_KEY in context.state:
+        state = record_to_client_privacy(
+            context.state[PRIVACY_STATE_KEY], source=f"context of {client_name(context)}"
+        )
+        privacy.load_state_dict(state)
+    return privacy
+
+
 def _client_dataset(context: Context, config: RunConfig):
-    if config.dataset == "custom" or "data-path" in context.node_config:
+    if config.dataset == "custom" or NODE_DATA_KEY in context.node_config:
         return _custom_data(context, config).train.dataset
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError(
+        raise ConfigError(
             f"node {context.node_id}: node config needs 'partition-id' and 'num-partitions' "
             f'(got {sorted(node)}); e.g. --node-config "partition-id=0 num-partitions=3"'
         )
-    return load_partition(
-        config, partition_id=int(node["partition-id"]), num_partitions=int(node["num-partitions"])
-    )
+    partition_id, num_partitions = int(node["partition-id"]), int(node["num-partitions"])
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            f"partition-id {partition_id} is out of range for {num_partitions} partitions"
+        )
+    if node.get("data-dir"):
+        config = config.replace(data_dir=str(node["data-dir"]))
+    return load_partition(config, partition_id=partition_id, num_partitions=num_partitions)
 
 
 def _custom_data(context: Context, config: RunConfig) -> SourceData:
@@ -207,6 +323,9 @@ def _model_for(config: RunConfig, msg: Message, context: Context):
         check_fits(_custom_data(context, config), federation)
         input_shape, num_classes = federation.input_shape, federation.num_classes
     else:
+        node_data_dir = context.node_config.get("data-dir")
+        if node_data_dir:
+            config = config.replace(data_dir=str(node_data_dir))
         input_shape, num_classes = data_shape(config)
     return build_model(
         config.model,
@@ -216,70 +335,10 @@ def _model_for(config: RunConfig, msg: Message, context: Context):
     )
 
 
-def _load_ledger(context: Context, config: RunConfig) -> PrivacyLedger:
-    ledger = PrivacyLedger(accountant=config.accountant, delta=config.delta)
-    if LEDGER_STATE_KEY in context.state:
-        record = context.state[LEDGER_STATE_KEY]
-        source = f"context of {client_name(context)}"
-        ledger.load_state_dict(record_to_ledger(record, source=source))
-    return ledger
-
-
-def _node_total(
-    ledger: PrivacyLedger, context: Context, config: RunConfig, *, num_examples: int, steps: int
-) -> PrivacyLedger:
-    """This run's ledger, plus every earlier run's steps on a node with a ``state-dir``.
-
-    The Context keeps only this run's steps and the store keeps each run's steps under
-    its run id, so no step is counted twice. A run without DP is stored as steps
-    without noise: the data it trained on has no finite guarantee from then on.
-    """
-    state_dir = context.node_config.get("state-dir")
-    if not state_dir:
-        return ledger
-    store = LedgerStore(str(state_dir))
-    identity = data_identity(config, node_config=context.node_config)
-    key = data_key(identity)
-    if config.dp:
-        history = ledger.state_dict()["history"]
-    else:
-        previous = store.read(key)["runs"].get(str(context.run_id), {"history": []})["history"]
-        history = [*previous, [0.0, sample_rate_for(num_examples, config.batch_size), steps]]
-    store.record_run(key, run_id=context.run_id, history=history, data=identity)
-    total = PrivacyLedger(accountant=config.accountant, delta=config.delta)
-    total.load_state_dict(
-        {
-            "accountant": config.accountant,
-            "history": store.prior_history(key, run_id=context.run_id) + history,
-        }
-    )
-    return total
-
-
-def _noise_multiplier(context: Context, config: RunConfig, *, num_examples: int) -> float:
-    """The run's noise multiplier for this client, fixed at its first round."""
-    if not config.dp or config.target_epsilon == 0:
-        return config.noise_multiplier
-    if CALIBRATION_STATE_KEY in context.state:
-        return float(context.state[CALIBRATION_STATE_KEY]["noise-multiplier"])
-    sample_rate = sample_rate_for(num_examples, config.batch_size)
-    steps_per_epoch = round(1 / sample_rate)
-    # Plan for taking part in every round: with client sampling the spend is lower.
-    planned = config.num_server_rounds * config.local_epochs * steps_per_epoch
-    noise = noise_for_target_epsilon(
-        target_epsilon=config.target_epsilon,
-        delta=config.delta,
-        sample_rate=sample_rate,
-        steps=planned,
-        accountant=config.accountant,
-    )
-    context.state[CALIBRATION_STATE_KEY] = ConfigRecord(
-        {"noise-multiplier": noise, "planned-steps": planned, "sample-rate": sample_rate}
-    )
-    return noise
-
-
 def _training_seed(seed: int, server_round: int, context: Context) -> int:
-    """Distinct, reproducible randomness per (run seed, round, client)."""
+    """Distinct, reproducible randomness per (run seed, round, client).
+
+    Under ``noise-source = "secure"`` it orders nothing that DP relies on.
+    """
     key = int(context.node_config.get("partition-id", context.node_id))
     return int(np.random.SeedSequence([seed, server_round, key]).generate_state(1)[0])

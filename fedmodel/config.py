@@ -18,7 +18,7 @@ from typing import Any
 MODELS = ("mlp", "cnn")
 DATASETS = ("digits", "mnist", "fashion-mnist", "custom", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "shards")
-ACCOUNTANTS = ("rdp", "prv", "gdp")
+ACCOUNTANTS = ("rdp", "prv")  # GDP: see fedmodel/privacy/ledger.py
 GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
 IMAGE_MODES = ("L", "RGB")
 
@@ -117,6 +117,13 @@ class RunConfig:
         )
         for name in ("x_key", "y_key", "label_column"):
             _check_range(name, getattr(self, name), "a non-empty name", bool(getattr(self, name)))
+        _check_range(
+            "num_classes",
+            self.num_classes,
+            "set (>= 2) for custom data under DP: inferred from the labels it would reveal "
+            "whether a record with the largest label exists",
+            not (self.dp and self.dataset == "custom" and self.num_classes == 0),
+        )
         _check_range("y_key", self.y_key, "different from x-key", self.y_key != self.x_key)
         _check_choice("image_mode", self.image_mode, IMAGE_MODES)
         _check_range(

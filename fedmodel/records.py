@@ -60,6 +60,24 @@ def record_to_ledger(record: ConfigRecord, *, source: str) -> dict[str, Any]:
     }
 
 
+def client_privacy_to_record(state: dict[str, Any]) -> ConfigRecord:
+    """A ``ClientPrivacy.state_dict()`` as a ConfigRecord (for the client's Context state)."""
+    extra: dict[str, Any] = {"key": str(state["key"])}
+    if state.get("calibrated-noise") is not None:
+        extra["calibrated-noise"] = float(state["calibrated-noise"])
+    return ledger_to_record(state["ledger"], **extra)
+
+
+def record_to_client_privacy(record: ConfigRecord, *, source: str) -> dict[str, Any]:
+    """Back to a ``ClientPrivacy`` state dict; a malformed record raises naming ``source``."""
+    noise = record.get("calibrated-noise")
+    return {
+        "ledger": record_to_ledger(record, source=source),
+        "calibrated-noise": None if noise is None else float(noise),  # type: ignore[arg-type]
+        "key": str(record.get("key", "")),
+    }
+
+
 # -- custom data: what a client holds, and the model input the server agreed on -------
 
 

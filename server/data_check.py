@@ -39,6 +39,7 @@ class CheckedData:
     excluded: dict[int, str]  # node id -> why it is left out
     test: SourceData | None
     num_examples: dict[int, int] = field(default_factory=dict)
+    held_out: dict[int, bool] = field(default_factory=dict)  # node id -> has a test split
 
     def report(self) -> list[str]:
         """Lines for the run's log."""
@@ -52,7 +53,8 @@ class CheckedData:
         if self.test is None:
             lines.append(
                 "Central evaluation off: no run-config test-data; the clients evaluate the "
-                "global model on their own data each round"
+                "global model on their own data each round (under DP: on held-out splits "
+                "only)"
             )
         else:
             test = self.test
@@ -82,7 +84,7 @@ def check_client_data(grid: Grid, config: RunConfig) -> CheckedData:
         reply.metadata.src_node_id: reply
         for reply in grid.send_and_receive(messages, timeout=config.round_timeout)
     }
-    descriptions, excluded = {}, {}
+    descriptions, excluded, held_out = {}, {}, {}
     for node_id in node_ids:
         reply = replies.get(node_id)
         if reply is None:
@@ -94,6 +96,7 @@ def check_client_data(grid: Grid, config: RunConfig) -> CheckedData:
                 descriptions[node_id] = record_to_description(
                     reply.content["data"], source=f"node {node_id}"
                 )
+                held_out[node_id] = bool(reply.content["data"].get("has-held-out-split", False))
             except (KeyError, ValueError) as error:
                 excluded[node_id] = f"malformed reply: {error}"
     if len(descriptions) < min_nodes:
@@ -115,6 +118,7 @@ def check_client_data(grid: Grid, config: RunConfig) -> CheckedData:
         excluded=excluded,
         test=test,
         num_examples={n: d.num_examples for n, d in descriptions.items()},
+        held_out=held_out,
     )
 
 

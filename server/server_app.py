@@ -37,6 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
 
     model_config, extra = ConfigRecord(), {}
+    every_node_holds_out = False  # custom data: each usable node has a test split
     if config.dataset == "custom":
         # Custom data: ask every node before round 1; bad nodes are left out, named.
         checked = check_client_data(grid, config)
@@ -48,6 +49,7 @@ def main(grid: Grid, context: Context) -> None:
         test = checked.test.train.dataset if checked.test is not None else None
         model_config = federation_to_record(checked.federation)
         extra["excluded_nodes"] = {str(node): why for node, why in checked.excluded.items()}
+        every_node_holds_out = all(checked.held_out.get(n, False) for n in checked.ready)
     else:
         splits = load_splits(config, num_clients=len(list(grid.get_node_ids())))
         input_shape, num_classes, test = splits.input_shape, splits.num_classes, splits.test
@@ -57,8 +59,17 @@ def main(grid: Grid, context: Context) -> None:
         num_classes=num_classes,
         hidden_sizes=config.hidden_layer_sizes,
     )
-    # Without a central test set the clients' own evaluation is the only measure.
-    fraction_evaluate = config.fraction_evaluate or (1.0 if test is None else 0.0)
+    # Without a central test set the clients' own evaluation is the only measure; under
+    # DP a client evaluates only on a held-out split (its training records' accuracy
+    # would be a noise-free statistic of them), so only when every node has one.
+    automatic = 1.0 if test is None and (not config.dp or every_node_holds_out) else 0.0
+    fraction_evaluate = config.fraction_evaluate or automatic
+    if test is None and not fraction_evaluate:
+        print(
+            "Evaluation off: no central test set, and under DP clients evaluate only on "
+            "held-out splits, which not every node has",
+            flush=True,
+        )
     with _flower_log_level(logging.ERROR):  # FedAvg warns when fraction-evaluate is 0: intended
         fedavg = FedAvg(
             fraction_train=config.fraction_train,
@@ -106,7 +117,8 @@ def main(grid: Grid, context: Context) -> None:
             epsilon_mean=sum(epsilons) / len(epsilons) if config.dp else math.inf,
             clients_trained=strategy.last_round_trained,
             clients_failed=len(strategy.last_round_failures),
-            train_loss=float(train_metrics["train-loss"]) if train_metrics else math.nan,
+            # Under DP clients send no training loss (a noise-free statistic of records).
+            train_loss=_metric(train_metrics, "train-loss"),
             seconds=time.perf_counter() - clock["last"],
             client_accuracy=_metric(client_metrics, "eval-accuracy"),
             client_loss=_metric(client_metrics, "eval-loss"),
@@ -118,6 +130,8 @@ def main(grid: Grid, context: Context) -> None:
                 folder.save_ledger(client, ledger)
                 saved_ledgers[client] = ledger
         print(metrics.line(num_rounds=config.num_server_rounds, dp=config.dp), flush=True)
+        if config.dp and server_round == 1:
+            print(f"  {strategy.noise_source_line()}", flush=True)
         # Per-client ε on the log for small federations; always in privacy/<client>.json.
         if config.dp and 0 < len(strategy.last_round_epsilons) <= PER_CLIENT_LOG_LIMIT:
             print(f"  {strategy.epsilon_line()}", flush=True)

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="train clients in N worker processes (ray: N actors); default 0: in this process",
     )
+    simulate.add_argument(
+        "--noise-source",
+        choices=["seeded", "secure"],
+        default="seeded",
+        help="where simulated nodes draw DP noise and batches: seeded (reproducible, default) "
+        "or secure (ChaCha20 from os.urandom, as a deployed node; inprocess engine)",
+    )
     simulate.add_argument("--verbose", action="store_true", help="also show Flower's log")
     simulate.add_argument(
         "--dry-run", action="store_true", help="with --config: validate and list the runs only"
@@ -128,6 +135,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 verbose=args.verbose,
                 workers=args.workers,
                 engine=args.engine,
+                noise_source=args.noise_source,
             )
     except ConfigError as error:
         print(f"fedmodel: invalid config: {error}", file=sys.stderr)

@@ -6,6 +6,8 @@
 - ``client_data=[...]`` of the Python API: one client per item, a path or a dataset
   object (a torch ``Dataset`` or a ``(train, test)`` pair), given as node config
   ``data-path`` exactly as a deployed SuperNode gets its own.
+
+Every simulated node is marked ``simulated`` (``fedmodel.privacy.node_policy``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from fedmodel.data.sources import (
 )
 
 DEFAULT_NUM_CLIENTS = 10
+# The user runs these nodes and the server: seeded randomness (reproducible runs), and the
+# other simulated-node defaults of fedmodel.privacy.node_policy.
+SIMULATED_NODE = {"simulated": True}
 
 
 def client_node_configs(
@@ -55,7 +60,10 @@ def client_node_configs(
         load_source(config.data_path, options=DataOptions.from_config(config))
     num_clients = DEFAULT_NUM_CLIENTS if num_clients is None else num_clients
     _check_count(num_clients)
-    return [{"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)], []
+    return [
+        {**SIMULATED_NODE, "partition-id": i, "num-partitions": num_clients}
+        for i in range(num_clients)
+    ], []
 
 
 def _from_client_data(
@@ -83,10 +91,10 @@ def _from_client_data(
     node_configs, held = [], []
     for item in client_data:
         if isinstance(item, str | os.PathLike):
-            node_configs.append({NODE_DATA_KEY: os.fspath(item)})
+            node_configs.append({**SIMULATED_NODE, NODE_DATA_KEY: os.fspath(item)})
         else:
             held.append(hold(item))
-            node_configs.append({NODE_DATA_KEY: held[-1]})
+            node_configs.append({**SIMULATED_NODE, NODE_DATA_KEY: held[-1]})
     return node_configs, held
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmodel.config import ConfigError, RunConfig
+from fedmodel.privacy.node_policy import SIMULATED_NODES_ENV
 from fedmodel.results import default_run_dir, load_metrics
 from simulations.simulate import DEFAULT_NUM_CLIENTS, SimulationResult, check_delta
 
@@ -220,6 +221,9 @@ def _flower_env(home: Path) -> dict[str, str]:
         # Flower starts flwr-simulation and friends by name: find this environment's.
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",  # Ray's default to come; silences its notice
+        # Flower gives Ray's virtual nodes no node config of ours: mark them simulated
+        # (seeded randomness etc., fedmodel.privacy.node_policy) through their environment.
+        **{SIMULATED_NODES_ENV: "1"},
     )
     return env
 

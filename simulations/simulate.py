@@ -15,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import ConfigError, RunConfig
 from fedmodel.data import partition_sizes
 from fedmodel.data.sources import release
+from fedmodel.privacy.node_policy import NOISE_SOURCES
 from fedmodel.results import RoundMetrics, default_run_dir, load_metrics
 from simulations.client_data import DEFAULT_NUM_CLIENTS, client_node_configs
 from simulations.inprocess import InProcessGrid
@@ -45,6 +46,7 @@ def simulate(
     verbose: bool = False,
     workers: int = 0,
     engine: str = "inprocess",
+    noise_source: str = "seeded",
 ) -> SimulationResult:
     """Run a federated job in-process: the ServerApp against ``num_clients`` ClientApps.
 
@@ -68,6 +70,10 @@ def simulate(
         ``"inprocess"`` (this process, optionally with ``workers``) or ``"ray"``:
         Flower's Simulation Engine through a local SuperLink, see
         :func:`simulations.ray_engine.simulate_on_ray` (``workers`` = Ray actors).
+    noise_source : str
+        Where the simulated nodes draw DP noise and Poisson batches (node config
+        ``noise-source``): ``"seeded"`` (reproducible bit for bit) or ``"secure"``
+        (as a deployed node: ChaCha20 from ``os.urandom``). In-process engine only.
 
     Clients train with one torch thread (see ``simulations/inprocess.py``); the server's
     evaluation keeps torch's default.
@@ -81,6 +87,8 @@ def simulate(
 
         if client_data is not None:
             raise ConfigError("the Ray engine takes client data from the run config only")
+        if noise_source != "seeded":
+            raise ConfigError("the Ray engine's simulated nodes draw seeded noise only")
         return simulate_on_ray(config, num_clients=num_clients, workers=workers, verbose=verbose)
     if engine != "inprocess":
         raise ConfigError(f"engine {engine!r} is not known: must be 'inprocess' or 'ray'")
@@ -96,9 +104,14 @@ def simulate(
     run_dir = Path(run_config.run_dir) if run_config.run_dir else default_run_dir(run_config)
     if (run_dir / "config.json").exists():
         raise ConfigError(f"run-config key 'run-dir' = {str(run_dir)!r} already holds a run")
+    if noise_source not in NOISE_SOURCES:
+        raise ConfigError(
+            f"noise source {noise_source!r} is not known: must be one of {', '.join(NOISE_SOURCES)}"
+        )
     node_configs, held = client_node_configs(
         run_config, num_clients=num_clients, client_data=client_data
     )
+    node_configs = [{**node, "noise-source": noise_source} for node in node_configs]
     check_delta(run_config, num_clients=len(node_configs))
     run_config = run_config.replace(run_dir=str(run_dir))
     if workers and held:

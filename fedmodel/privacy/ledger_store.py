@@ -1,18 +1,20 @@
-"""A node's privacy ledgers on its own disk, so ε keeps growing from run to run.
+"""A node's privacy ledgers on its own disk, so ε keeps growing from round to round and run to run.
 
 A deployed node keeps its data between runs, and the privacy loss of that data adds up
-over every run that trained on it. Within a run a client's ledger lives in Flower's
-Context state; across runs it lives here, in a node-local directory: one JSON file per
-data key (what data the node holds), holding each run's DP-SGD step history under that
-run's id. The ε a node reports is the composition of every run's steps.
+over every run that trained on it. This store is the record of that loss: one JSON file
+per data key (what data the node holds, chosen by the node), holding each run's DP-SGD
+step entries under that run's id. The ε a node reports is the composition of every
+entry in the file.
 
-Keying the histories by run id is what keeps the two places from counting a step
-twice: a run only ever rewrites its own entry (with its whole in-run history, from the
-Context), and reads the other runs' entries as its starting point. Files are updated
-under an exclusive lock and replaced atomically, so two runs on one node cannot lose
-each other's steps and a crash leaves the previous file intact. Nothing is ever
-dropped from a file; a file that cannot be read stops training rather than restarting
-at ε = 0.
+The file is append-only, which is what makes it hold against a server that would
+like it smaller. The ClientApp appends a round's steps here, under an exclusive lock,
+after training and before its update leaves the node; nothing is ever replaced or
+dropped. So a reused run id continues that run's history, a SuperNode restart (which
+loses Flower's in-memory Context) or two ClientApp processes of one node cannot lose
+steps, and a changed run config cannot start a fresh file (the key does not depend on
+it). Files are replaced atomically (temporary file, fsync, rename, fsync of the
+directory), so a crash leaves the previous file intact; a file that cannot be read
+stops training rather than restarting at ε = 0.
 """
 
 from __future__ import annotations
@@ -29,47 +31,45 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedmodel.config import RunConfig
-
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def data_identity(config: RunConfig, *, node_config: Mapping[str, Any]) -> dict[str, Any]:
-    """What data a node trains on under ``config``: the description its ledger is kept by.
+class LedgerError(ValueError):
+    """A ledger file cannot be read or would be written wrongly (names the file, no data)."""
 
-    The node's own ``data-path`` (made absolute when it is a path, kept as is for a
-    ``package.module:function`` loader), or the run's dataset; plus, whenever the node
-    holds one partition of it (``partition-id``), everything that decides that
-    partition. A different partitioning of the same data counts as different data.
+
+def data_identity(
+    node_config: Mapping[str, Any], *, dataset: str, data_path: str = ""
+) -> dict[str, Any]:
+    """What data a node holds: the description its ledger is kept by, chosen by the node.
+
+    The node's ``data-id`` when it sets one; else its own data location resolved
+    (symbolic links and relative parts removed, so another spelling of the same path is
+    the same key): ``data-path`` (a ``package.module:function`` loader is kept as
+    written) or, for a built-in dataset, its name with the node's ``data-dir``. The
+    node's ``partition-id`` / ``num-partitions`` are added when it has them (a
+    simulation device: each partition is its own data). No run-config value other
+    than the dataset's name (which names different records, not the same records
+    anew) takes part, so a server cannot make a fresh key for data already spent.
+    ``data_path`` is the location the node reads (its own, or a simulation's).
     """
     identity: dict[str, Any]
-    if config.dataset == "custom" or "data-path" in node_config:
-        path = str(node_config.get("data-path", config.data_path))
-        identity = {"data-path": os.path.abspath(path) if os.path.exists(path) else path}
+    if node_config.get("data-id"):
+        identity = {"data-id": str(node_config["data-id"])}
+    elif data_path:
+        identity = {"data-path": _resolved(data_path)}
     else:
-        identity = {"dataset": config.dataset}
-    if config.dataset == "synthetic":
-        identity.update(
-            {
-                "synthetic-alpha": config.synthetic_alpha,
-                "synthetic-beta": config.synthetic_beta,
-                "seed": config.seed,
-            }
-        )
+        identity = {"dataset": dataset}
+        if node_config.get("data-dir"):
+            identity["data-dir"] = _resolved(str(node_config["data-dir"]))
     if "partition-id" in node_config:
-        identity.update(
-            {
-                "seed": config.seed,
-                "partitioner": config.partitioner,
-                "partition-id": int(node_config["partition-id"]),
-                "num-partitions": int(node_config["num-partitions"]),
-            }
-        )
-        if config.partitioner == "dirichlet":
-            identity["dirichlet-alpha"] = config.dirichlet_alpha
-        if config.partitioner == "shards":
-            identity["shards-per-client"] = config.shards_per_client
+        identity["partition-id"] = int(node_config["partition-id"])
+        identity["num-partitions"] = int(node_config.get("num-partitions", 0))
     return identity
+
+
+def _resolved(path: str) -> str:
+    return os.path.realpath(path) if os.path.exists(path) else path
 
 
 def data_key(description: Mapping[str, Any]) -> str:
@@ -123,52 +123,49 @@ class LedgerStore:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"privacy ledger file {path} cannot be read: {error}") from error
+            raise LedgerError(f"privacy ledger file {path} cannot be read: {error}") from error
         _check_document(document, path)
         return document
 
-    def prior_history(self, key: str, *, run_id: int) -> list[list[float]]:
-        """Every DP-SGD step entry ``[sigma, q, steps]`` of all runs but ``run_id``."""
-        runs = self.read(key)["runs"]
-        return [
-            entry
-            for other, run in sorted(runs.items(), key=lambda item: item[1]["first-recorded"])
-            if other != str(run_id)
-            for entry in run["history"]
-        ]
+    def history(self, key: str) -> list[list[float]]:
+        """Every DP-SGD step entry ``[sigma, q, steps]`` on ``key``'s data, oldest run first."""
+        return _all_entries(self.read(key))
 
-    def record_run(
+    def append(
         self,
         key: str,
         *,
         run_id: int,
-        history: list[list[float]],
+        entries: list[list[float]] | list[tuple[float, float, int]],
         data: Mapping[str, Any],
-    ) -> None:
-        """Store ``history`` -- all steps of run ``run_id`` so far -- as that run's entry.
+        noise_source: str,
+    ) -> list[list[float]]:
+        """Append ``entries`` to run ``run_id``'s history; return every entry on the data.
 
-        A run's history only grows: fewer steps than stored are refused (that would
-        mean steps were lost).
+        Append-only, under the lock: concurrent appends by two processes both land.
         """
-        _check_history(history, f"run {run_id}")
+        entries = [[float(s), float(q), int(n)] for s, q, n in entries]
+        _check_history(entries, f"run {run_id}")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         with _locked(path.with_suffix(".lock")):
             document = self.read(key)
             now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-            previous = document["runs"].get(str(run_id))
-            if previous is not None and _steps(previous["history"]) > _steps(history):
-                raise ValueError(
-                    f"run {run_id} would shrink its stored ledger in {path} from "
-                    f"{_steps(previous['history'])} to {_steps(history)} steps; refusing"
-                )
+            run = document["runs"].setdefault(
+                str(run_id), {"history": [], "first-recorded": now, "noise-sources": []}
+            )
+            run["history"].extend(entries)
+            run["last-recorded"] = now
+            if noise_source not in run.setdefault("noise-sources", []):
+                run["noise-sources"].append(noise_source)
             document["data"] = dict(data)
-            document["runs"][str(run_id)] = {
-                "history": [list(entry) for entry in history],
-                "first-recorded": previous["first-recorded"] if previous else now,
-                "last-recorded": now,
-            }
             _write_atomically(path, json.dumps(document, indent=1) + "\n")
+            return _all_entries(document)
+
+
+def _all_entries(document: Mapping[str, Any]) -> list[list[float]]:
+    runs = sorted(document["runs"].values(), key=lambda run: run["first-recorded"])
+    return [list(entry) for run in runs for entry in run["history"]]
 
 
 @contextlib.contextmanager
@@ -189,21 +186,23 @@ def _write_atomically(path: Path, text: str) -> None:
         tmp.flush()
         os.fsync(tmp.fileno())
     os.replace(tmp.name, path)
-
-
-def _steps(history: list[list[float]]) -> int:
-    return sum(int(entry[2]) for entry in history)
+    # The rename is durable only once the directory entry is on disk.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _check_document(document: Any, path: Path) -> None:
     if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
-        raise ValueError(f"privacy ledger file {path} is not a format-{FORMAT_VERSION} ledger")
+        raise LedgerError(f"privacy ledger file {path} is not a format-{FORMAT_VERSION} ledger")
     runs = document.get("runs")
     if not isinstance(runs, dict):
-        raise ValueError(f"privacy ledger file {path} has no 'runs' table")
+        raise LedgerError(f"privacy ledger file {path} has no 'runs' table")
     for run_id, run in runs.items():
         if not isinstance(run, dict) or "history" not in run or "first-recorded" not in run:
-            raise ValueError(f"privacy ledger file {path}: run {run_id} is malformed")
+            raise LedgerError(f"privacy ledger file {path}: run {run_id} is malformed")
         _check_history(run["history"], f"run {run_id} in {path}")
 
 
@@ -217,7 +216,7 @@ def _check_history(history: Any, where: str) -> None:
         and entry[2] >= 0
         for entry in history
     ):
-        raise ValueError(
+        raise LedgerError(
             f"privacy ledger of {where}: history must be [sigma >= 0, 0 < q <= 1, steps >= 0] "
             "entries"
         )

@@ -4,14 +4,15 @@ from fedmodel.training.local_training import (
     LocalTrainingResult,
     TrainingSettings,
     evaluate,
-    sample_rate_for,
     train_locally,
 )
+from fedmodel.training.poisson_sampling import sample_rate_for, steps_per_epoch_for
 
 __all__ = [
     "LocalTrainingResult",
     "TrainingSettings",
     "evaluate",
     "sample_rate_for",
+    "steps_per_epoch_for",
     "train_locally",
 ]

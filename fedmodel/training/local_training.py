@@ -7,10 +7,15 @@ from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmodel.privacy.ledger import PrivacyLedger
+from fedmodel.privacy.node_policy import NOISE_SOURCES
+from fedmodel.privacy.secure_randomness import SecureRandomness
+from fedmodel.training.poisson_sampling import poisson_loader, sample_rate_for
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
 
@@ -20,8 +25,8 @@ class TrainingSettings:
     """How a client trains in one round.
 
     ``batch_size`` is the *expected* batch size: under DP, batches are drawn by Poisson
-    sampling with rate ``1 / ceil(N / batch_size)`` (Opacus's convention), so their
-    realised size varies around it.
+    sampling with rate ``1 / ceil(N / batch_size)`` (Opacus's convention), ``ceil(N /
+    batch_size)`` of them per epoch, so their realised size varies around it.
     """
 
     epochs: int
@@ -61,13 +66,6 @@ class LocalTrainingResult:
     steps: int
 
 
-def sample_rate_for(num_examples: int, batch_size: int) -> float:
-    """Poisson sampling rate for an expected ``batch_size``: ``1 / ceil(N / B)`` (as Opacus)."""
-    if num_examples < 1:
-        raise ValueError("cannot train on an empty dataset")
-    return 1.0 / -(-num_examples // batch_size)
-
-
 def train_locally(
     model: nn.Module,
     dataset: Dataset,
@@ -75,6 +73,7 @@ def train_locally(
     settings: TrainingSettings,
     ledger: PrivacyLedger | None,
     seed: int,
+    noise_source: str = "seeded",
 ) -> LocalTrainingResult:
     """Train ``model`` in place for ``settings.epochs`` epochs over ``dataset``.
 
@@ -91,16 +90,30 @@ def train_locally(
     std ``sigma * max_grad_norm / B`` is exactly DP-SGD with clip ``max_grad_norm``,
     divided by ``B``. The accountant depends only on sigma and the sampling rate.
 
+    ``noise_source`` decides where DP-SGD's randomness (the Poisson batches and the
+    Gaussian noise) comes from: ``"seeded"``, torch generators seeded by ``seed``
+    (reproducible bit for bit, and regenerable by anyone who knows ``seed``), or
+    ``"secure"``, ChaCha20 keyed from ``os.urandom`` for this call only
+    (:class:`~fedmodel.privacy.secure_randomness.SecureRandomness`): nobody can
+    regenerate them, and ``seed`` only orders non-DP shuffling.
+
     Returns the weights of the unwrapped module (no ``_module.`` prefix).
     """
+    if noise_source not in NOISE_SOURCES:
+        raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got {noise_source!r}")
     num_examples = len(dataset)  # type: ignore[arg-type]
     sample_rate = sample_rate_for(num_examples, settings.batch_size)
     expected_batch_size = sample_rate * num_examples
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout-free models: only guards any library-internal RNG use
-    loader = DataLoader(
-        dataset, batch_size=settings.batch_size, shuffle=not settings.dp, generator=generator
-    )
+    secure = SecureRandomness() if settings.dp and noise_source == "secure" else None
+    if settings.dp:
+        bernoulli = secure.bernoulli if secure else _seeded_bernoulli(generator)
+        loader = poisson_loader(dataset, batch_size=settings.batch_size, bernoulli=bernoulli)
+    else:
+        loader = DataLoader(
+            dataset, batch_size=settings.batch_size, shuffle=True, generator=generator
+        )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.learning_rate, momentum=settings.momentum
     )
@@ -115,7 +128,7 @@ def train_locally(
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=ledger.accountant_name)
             engine.accountant = ledger.accountant  # Opacus records each step in our ledger
-            noise_generator = torch.Generator().manual_seed(seed + 1)
+            noise_generator = None if secure else torch.Generator().manual_seed(seed + 1)
             prepared = engine.make_private(
                 module=model,
                 optimizer=optimizer,
@@ -124,7 +137,7 @@ def train_locally(
                 noise_multiplier=settings.noise_multiplier,
                 max_grad_norm=settings.max_grad_norm / expected_batch_size,
                 loss_reduction="sum",
-                poisson_sampling=True,
+                poisson_sampling=False,  # the loader above samples (see poisson_sampling.py)
                 grad_sample_mode=settings.grad_sample_mode,
                 noise_generator=noise_generator,
             )
@@ -132,6 +145,8 @@ def train_locally(
             trained, optimizer, criterion, loader = prepared
         else:
             trained, optimizer, loader = prepared
+        if secure:
+            _draw_noise_from(secure, optimizer)  # type: ignore[arg-type]
 
     trained.train()
     total_loss, total_seen, steps = 0.0, 0, 0
@@ -156,6 +171,36 @@ def train_locally(
         mean_loss=total_loss / max(total_seen, 1),
         steps=steps,
     )
+
+
+def _seeded_bernoulli(generator: torch.Generator):
+    """Opacus's own Poisson draw (``UniformWithReplacementSampler``) from ``generator``."""
+
+    def draw(n: int, p: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) < p
+
+    return draw
+
+
+def _draw_noise_from(secure: SecureRandomness, optimizer: DPOptimizer) -> None:
+    """Make ``optimizer`` add Gaussian noise drawn from ``secure`` instead of torch's RNG.
+
+    Opacus's own ``secure_mode`` would do this with ``torchcsprng``, which is archived
+    and not built for current torch; so this replaces ``DPOptimizer.add_noise`` on this
+    one optimizer with the same steps (std ``noise_multiplier * max_grad_norm`` on the
+    clipped sum), drawing from ChaCha20 with the floating-point attack handled as in
+    Opacus's secure mode (see :meth:`SecureRandomness.gaussian`).
+    """
+
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            noise = secure.gaussian(p.summed_grad.shape, std=std, dtype=p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise.to(p.summed_grad.device)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise  # type: ignore[method-assign]
 
 
 @torch.no_grad()

@@ -666,7 +666,18 @@ def deploy_local(
     work = Path(work_dir).resolve()
     run_dir = Path(config.run_dir or default_run_dir(config, root=work / "runs")).resolve()
     overrides = {**run_config, "run-dir": str(run_dir)}
-    with LocalFederation(work, num_nodes=num_clients, tls=tls, auth=auth, warm=warm) as federation:
+    # A deployed node reads data locations from its own node config only (the server's
+    # run config cannot point it at files); here the user runs every node, so each gets
+    # the run's data-dir as its own.
+    node_data = {"data-dir": os.path.abspath(config.data_dir)} if config.data_dir else {}
+    with LocalFederation(
+        work,
+        num_nodes=num_clients,
+        tls=tls,
+        auth=auth,
+        warm=warm,
+        node_configs=[dict(node_data) for _ in range(num_clients)],
+    ) as federation:
         outcome = federation.submit(overrides, timeout=timeout, on_line=on_line)
     rounds = load_metrics(run_dir) if (run_dir / "metrics.json").exists() else []
     return DeploymentResult(

@@ -60,6 +60,7 @@ class ClientTracking(Strategy):
         self.last_round_updated = False
         self._sent: list[Message] = []
         self.ledgers: dict[str, dict[str, Any]] = {}
+        self._steps_seen: dict[str, int] = {}
         self.last_round_failures: list[str] = []
         self.last_round_trained = 0
         self.last_train_metrics: MetricRecord | None = None
@@ -77,6 +78,14 @@ class ClientTracking(Strategy):
             f"{client} (node {self.ledgers[client]['node_id']}) {epsilon:.3f}"
             for client, epsilon in sorted(self.last_round_epsilons.items())
         )
+
+    def noise_source_line(self) -> str:
+        """Where the clients that reported so far drew their DP noise and batches."""
+        counts: dict[str, int] = {}
+        for ledger in self.ledgers.values():
+            counts[ledger["noise_source"]] = counts.get(ledger["noise_source"], 0) + 1
+        sources = ", ".join(f"{source} x{n}" for source, n in sorted(counts.items()))
+        return f"noise and sampling drawn per node from: {sources or 'no client yet'}"
 
     def _accept(self, reply: Message, node_id: int) -> bool:
         source = f"node {node_id}"
@@ -96,12 +105,26 @@ class ClientTracking(Strategy):
         except (KeyError, TypeError, ValueError) as error:
             self._reject(source, f"malformed privacy ledger: {error}")
             return False
+        steps_total = sum(n for _, _, n in ledger["history"])
+        metrics = reply.content.get("metrics")
+        reported = int(metrics.get("steps", 0)) if metrics is not None else 0  # type: ignore[arg-type]
+        floor = self._steps_seen.get(client, 0) + reported
+        if steps_total < floor:
+            # A ledger that did not grow by this round's steps lost or hid some of them.
+            self._reject(
+                source,
+                f"ledger of {client} holds {steps_total} steps; at least {floor} expected "
+                f"(earlier {self._steps_seen.get(client, 0)} + this round's {reported})",
+            )
+            return False
+        self._steps_seen[client] = steps_total
         ledger.update(
             client=client,
             node_id=node_id,
             epsilon=epsilon,
             noise_multiplier=float(record.get("noise-multiplier", float("nan"))),  # type: ignore[arg-type]
-            steps_total=sum(n for _, _, n in ledger["history"]),
+            steps_total=steps_total,
+            noise_source=str(record.get("noise-source", "unknown")),
         )
         self.ledgers[client] = ledger
         self.last_round_epsilons[client] = epsilon

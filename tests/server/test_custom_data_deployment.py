@@ -28,6 +28,7 @@ def test_nodes_read_their_own_data_and_a_bad_node_is_reported_and_left_out(tmp_p
         outcome = federation.submit(
             {
                 "dataset": "custom",
+                "num-classes": 10,
                 "test-data": str(tmp_path / "test.npz"),
                 "num-server-rounds": 1,
                 "run-dir": str(run_dir),
@@ -35,10 +36,12 @@ def test_nodes_read_their_own_data_and_a_bad_node_is_reported_and_left_out(tmp_p
             timeout=240,
         )
     assert outcome.succeeded, outcome.log[-3000:]
-    assert "Data check: 1 of 2 nodes ready, input shape (1, 8, 8), 10 classes, 719" in outcome.log
+    # Under DP a node reports ceil(N / 64) * 64 = 768 for its 719 records (public).
+    assert "Data check: 1 of 2 nodes ready, input shape (1, 8, 8), 10 classes, 768" in outcome.log
     assert (
         f"excluded node {bad_node}: DataError: {tmp_path / 'bad.npz'}['x']: example 5 holds "
-        "nan" in outcome.log
+        "a non-finite value" in outcome.log
     )
+    assert "holds nan" not in outcome.log.split("Data check")[1]  # the value stays on the node
     (metrics,) = load_metrics(run_dir)
     assert metrics.clients_trained == 1 and metrics.test_accuracy > 0.3

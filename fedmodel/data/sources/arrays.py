@@ -127,7 +127,10 @@ def map_npy(
     except (OSError, ValueError, EOFError) as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"{name}: cannot read as a NumPy array: {error}") from error
+        raise DataError(
+            f"{name}: cannot read as a NumPy array: {error}",
+            public=f"{name}: cannot read as a NumPy array: {type(error).__name__}",
+        ) from error
 
 
 def _read_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -73,28 +73,38 @@ def agree(clients: Mapping[str, DataDescription], *, num_classes: int = 0) -> Fe
     class_names = _majority(named) if named else ()
     for name, description in clients.items():
         if description.class_names and description.class_names != class_names:
+            advice = (
+                "class ids come from sorted folder names, so every client needs the same "
+                "class folders (an empty one is fine)"
+            )
             raise DataError(
                 f"{name}: class folders {list(description.class_names)} differ from the other "
-                f"clients' {list(class_names)}; class ids come from sorted folder names, so "
-                "every client needs the same class folders (an empty one is fine)"
+                f"clients' {list(class_names)}; {advice}",
+                public=f"{name}: its class folders ({len(description.class_names)}) differ in "
+                f"name or number from the other clients' ({len(class_names)}); {advice}",
             )
     count = num_classes or max(d.num_classes for d in clients.values())
     for name, description in clients.items():
         if description.num_classes > count:
             raise DataError(
                 f"{name}: has {description.num_classes} classes but run-config num-classes = "
-                f"{count}"
+                f"{count}",
+                public=f"{name}: has more classes than run-config num-classes = {count}",
             )
     if class_names and not num_classes and len(class_names) != count:
         holder = next(n for n, d in clients.items() if d.num_classes == count)
         raise DataError(
             f"{holder}: labels reach {count - 1} but the image-folder clients have "
-            f"{len(class_names)} classes {list(class_names)}"
+            f"{len(class_names)} classes {list(class_names)}",
+            public=f"{holder}: labels are outside the image-folder clients' "
+            f"{len(class_names)} classes",
         )
     if count < 2:
         raise DataError(
             "every client's labels are 0: need at least 2 classes (set run-config num-classes "
-            "if some classes are missing from all clients)"
+            "if some classes are missing from all clients)",
+            public="the clients' data holds fewer than 2 classes: need at least 2 (set "
+            "run-config num-classes if some classes are missing from all clients)",
         )
     return FederationData(input_shape=shape, num_classes=count, class_names=class_names)
 
@@ -109,14 +119,18 @@ def check_test_set(test: SourceData, federation: FederationData) -> None:
     if test.class_names and federation.class_names and test.class_names != federation.class_names:
         raise DataError(
             f"{test.origin} (test-data): class folders {list(test.class_names)} differ from the "
-            f"clients' {list(federation.class_names)}"
+            f"clients' {list(federation.class_names)}",
+            public=f"{test.origin} (test-data): its class folders ({len(test.class_names)}) "
+            f"differ in name or number from the clients' ({len(federation.class_names)})",
         )
     top = int(test.train.labels.max())
     if top >= federation.num_classes:
         index = int(test.train.labels.argmax())
         raise DataError(
             f"{test.origin} (test-data): label {index} is {top}, outside the clients' classes "
-            f"0..{federation.num_classes - 1}"
+            f"0..{federation.num_classes - 1}",
+            public=f"{test.origin} (test-data): label {index} is outside the clients' classes "
+            f"0..{federation.num_classes - 1}",
         )
 
 
@@ -139,5 +153,7 @@ def check_fits(source: SourceData, federation: FederationData) -> None:
     if source.num_classes > federation.num_classes:
         raise DataError(
             f"{source.origin}: has {source.num_classes} classes but the federation's model "
-            f"has {federation.num_classes}"
+            f"has {federation.num_classes}",
+            public=f"{source.origin}: has more classes than the federation's model "
+            f"({federation.num_classes})",
         )

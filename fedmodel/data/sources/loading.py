@@ -68,7 +68,9 @@ def load_source(spec: str, *, options: DataOptions) -> SourceData:
     except FileNotFoundError:
         raise DataError(f"{spec}: no such file or folder") from None
     except OSError as error:
-        raise DataError(f"{spec}: cannot read: {error}") from error
+        raise DataError(
+            f"{spec}: cannot read: {error}", public=f"{spec}: cannot read: {type(error).__name__}"
+        ) from error
     return _load_cached(str(path), options, (stat.st_mtime_ns, stat.st_size))
 
 
@@ -212,7 +214,9 @@ def _partitions(config: RunConfig, num_partitions: int) -> list[np.ndarray]:
         )
     except ValueError as error:
         raise DataError(
-            f"{source.origin}: cannot split for {num_partitions} clients: {error}"
+            f"{source.origin}: cannot split for {num_partitions} clients: {error}",
+            public=f"{source.origin}: cannot split for {num_partitions} clients with "
+            f"partitioner {config.partitioner!r}",
         ) from error
 
 

@@ -29,7 +29,11 @@ def load_npz(path: Path, *, options: DataOptions) -> tuple[LabelledData, tuple[i
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}
     except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{origin}: cannot read as .npz (a NumPy zip archive): {error}") from error
+        raise DataError(
+            f"{origin}: cannot read as .npz (a NumPy zip archive): {error}",
+            public=f"{origin}: cannot read as .npz (a NumPy zip archive): "
+            f"{type(error).__name__}",
+        ) from error
     arrays = {}
     for key in (options.x_key, options.y_key):
         info = members.get(f"{key}.npy")
@@ -82,9 +86,10 @@ def _member(path: Path, info: zipfile.ZipInfo, *, name: str) -> np.ndarray | Dis
         with np.load(path, allow_pickle=False) as archive:
             return archive[info.filename.removesuffix(".npy")]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        reason = (
-            "holds Python objects; features and labels must be numeric arrays"
-            if "allow_pickle" in str(error)
-            else f"cannot read: {error}"
-        )
-        raise DataError(f"{name}: {reason}") from error
+        if "allow_pickle" in str(error):
+            raise DataError(
+                f"{name}: holds Python objects; features and labels must be numeric arrays"
+            ) from error
+        raise DataError(
+            f"{name}: cannot read: {error}", public=f"{name}: cannot read: {type(error).__name__}"
+        ) from error

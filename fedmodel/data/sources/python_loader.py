@@ -78,7 +78,8 @@ def call_loader(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - any import failure is the user's loader's
         raise DataError(
-            f"{spec}: cannot import module {module_name!r}: {type(error).__name__}: {error}"
+            f"{spec}: cannot import module {module_name!r}: {type(error).__name__}: {error}",
+            public=f"{spec}: cannot import module {module_name!r}: {type(error).__name__}",
         ) from error
     function = getattr(module, function_name, None)
     if function is None:
@@ -88,7 +89,10 @@ def call_loader(spec: str) -> Any:
     try:
         return function()
     except Exception as error:  # noqa: BLE001 - report the loader's failure, named
-        raise DataError(f"{spec}: calling it raised {type(error).__name__}: {error}") from error
+        raise DataError(
+            f"{spec}: calling it raised {type(error).__name__}: {error}",
+            public=f"{spec}: calling it raised {type(error).__name__}",
+        ) from error
 
 
 def split_pair(value: Any, *, origin: str) -> tuple[Dataset, Dataset | None]:
@@ -131,7 +135,11 @@ def check_dataset(
         check_finite(x, origin=origin, offset=index)
         y = _to_numpy(item[1], origin=f"{origin}, item {index}")
         if y.shape != () or y.dtype.kind not in "biuf":
-            raise DataError(f"{origin}: item {index} has label {item[1]!r}; expected one integer")
+            raise DataError(
+                f"{origin}: item {index} has label {item[1]!r}; expected one integer",
+                public=f"{origin}: item {index} has a label of type {type(item[1]).__name__} "
+                f"and shape {y.shape}; expected one integer",
+            )
         labels[index] = y
     checked = check_labels(labels, origin=f"{origin} (labels)", num_classes=num_classes)
     assert shape is not None
@@ -164,7 +172,11 @@ def _to_numpy(value: Any, *, origin: str) -> np.ndarray:
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as error:
-        raise DataError(f"{origin}: cannot read {_describe(value)} as an array: {error}") from error
+        raise DataError(
+            f"{origin}: cannot read {_describe(value)} as an array: {error}",
+            public=f"{origin}: cannot read {_describe(value)} as an array: "
+            f"{type(error).__name__}",
+        ) from error
 
 
 def _is_map_dataset(value: Any) -> bool:

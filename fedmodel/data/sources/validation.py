@@ -12,7 +12,34 @@ import numpy as np
 
 
 class DataError(ValueError):
-    """Client or test data that cannot be trained on: unreadable, malformed or unfit."""
+    """Client or test data that cannot be trained on: unreadable, malformed or unfit.
+
+    An error carries two texts:
+
+    - ``str(error)``, the full message, for the node's own log and for local
+      simulations. It may quote the data: a cell, a feature or label value, a class
+      folder or image file name, the text of an exception raised while reading.
+    - ``error.public``, the text that may leave the node (a client reports it to the
+      server, which keeps it in its run folder). It names the place (the path or loader
+      spec the node was configured with; the line, row, item, example or label index;
+      the column name or array key; an image by its position in sorted order) and the
+      kind of problem (not a number, not an integer, out of range, non-finite, wrong
+      shape or dtype, missing, unreadable), and never a value taken from the data: no
+      cell text, feature, pixel or label value, no class or file name found inside an
+      image folder, no array contents, no number computed from the records (largest
+      label, class count inferred from labels, min or max), and no text of a foreign
+      exception (OS, NumPy, zip, PIL, a user's loader): only its type name. Schema and
+      configuration may appear: configured paths and options, CSV header column names,
+      array keys, dtypes, shapes, image modes and sizes, numbers of examples, fields
+      or class folders.
+
+    ``public=None`` (the default) declares the message itself value-free: ``public`` is
+    then the message. Every raise whose message quotes the data passes ``public=``.
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public: str = message if public is None else public
 
 
 # Numeric dtype kinds accepted as features: bool, signed/unsigned int, float.
@@ -48,7 +75,11 @@ def check_finite(x: np.ndarray, *, origin: str, offset: int = 0) -> None:
     if not finite.all():
         row = int(np.argmin(finite))
         value = x[row].reshape(-1)[np.argmin(np.isfinite(x[row].reshape(-1)))]
-        raise DataError(f"{origin}: example {offset + row} holds {value} (features must be finite)")
+        raise DataError(
+            f"{origin}: example {offset + row} holds {value} (features must be finite)",
+            public=f"{origin}: example {offset + row} holds a non-finite value "
+            "(features must be finite)",
+        )
 
 
 def check_labels(y: np.ndarray, *, origin: str, num_classes: int = 0) -> np.ndarray:
@@ -66,16 +97,24 @@ def check_labels(y: np.ndarray, *, origin: str, num_classes: int = 0) -> np.ndar
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
             index = int(np.argmin(whole))
-            raise DataError(f"{origin}: label {index} is {y[index]}, not an integer")
+            raise DataError(
+                f"{origin}: label {index} is {y[index]}, not an integer",
+                public=f"{origin}: label {index} is not an integer",
+            )
     labels = y.astype(np.int64)
     if len(labels) and labels.min() < 0:
         index = int(np.argmin(labels))
-        raise DataError(f"{origin}: label {index} is {labels[index]}; labels must be >= 0")
+        raise DataError(
+            f"{origin}: label {index} is {labels[index]}; labels must be >= 0",
+            public=f"{origin}: label {index} is negative; labels must be >= 0",
+        )
     if num_classes and len(labels) and labels.max() >= num_classes:
         index = int(np.argmax(labels))
         raise DataError(
             f"{origin}: label {index} is {labels[index]}, outside 0..{num_classes - 1} "
-            f"(run-config num-classes = {num_classes})"
+            f"(run-config num-classes = {num_classes})",
+            public=f"{origin}: label {index} is outside 0..{num_classes - 1} "
+            f"(run-config num-classes = {num_classes})",
         )
     return labels
 

@@ -146,7 +146,8 @@ def test_a_rewritten_file_is_read_again(tmp_path):
 
 
 def _config(**values):
-    return RunConfig.from_mapping({"dataset": "custom", **values})
+    # Custom data under DP needs a configured class count (classes 0..3 here).
+    return RunConfig.from_mapping({"dataset": "custom", "num-classes": 4, **values})
 
 
 def test_client_source_node_path_pattern_and_partitions(tmp_path):

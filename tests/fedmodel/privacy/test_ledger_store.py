@@ -1,13 +1,15 @@
-"""A node's ledgers on disk: one entry per run, composed; never shrunk, never reset."""
+"""A node's ledgers on disk: append-only, keyed by the node, never shrunk, never reset."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from fedmodel.privacy.ledger_store import LedgerStore, data_key
+from fedmodel.privacy.ledger_store import LedgerStore, data_identity, data_key
 
-DIGITS_0 = {"dataset": "digits", "partition-id": 0, "num-partitions": 2, "seed": 0}
+DIGITS_0 = {"dataset": "digits", "partition-id": 0, "num-partitions": 2}
 
 
 def test_data_key_is_stable_readable_and_tells_data_apart():
@@ -19,32 +21,59 @@ def test_data_key_is_stable_readable_and_tells_data_apart():
         data_key({})
 
 
-def test_each_run_keeps_its_own_entry_and_others_compose(tmp_path):
+def test_the_key_is_the_nodes_choice_not_the_run_configs(tmp_path):
+    data = tmp_path / "site.npz"
+    data.write_bytes(b"x")
+    link = tmp_path / "link.npz"
+    link.symlink_to(data)
+    node = {"partition-id": 0, "num-partitions": 2}
+    # A symlink or a relative spelling is the same data.
+    assert data_identity({}, dataset="custom", data_path=str(link)) == data_identity(
+        {}, dataset="custom", data_path=str(data)
+    )
+    # Built-in data: the node's partition, whatever seed or partitioner the run asks for.
+    assert data_identity(node, dataset="digits") == {"dataset": "digits", **node}
+    assert data_identity({"data-id": "ward-7", **node}, dataset="digits")["data-id"] == "ward-7"
+
+
+def test_runs_append_and_every_entry_composes(tmp_path):
     store = LedgerStore(tmp_path / "state")
     key = data_key(DIGITS_0)
-    assert store.prior_history(key, run_id=1) == []  # nothing yet, nothing created
+    assert store.history(key) == []  # nothing yet, nothing created
     assert not (tmp_path / "state").exists()
 
-    store.record_run(key, run_id=1, history=[[1.5, 0.05, 20]], data=DIGITS_0)
-    store.record_run(key, run_id=1, history=[[1.5, 0.05, 40]], data=DIGITS_0)  # round 2
-    store.record_run(key, run_id=2, history=[[1.1, 0.05, 20]], data=DIGITS_0)
-
-    # Run 2 sees run 1's 40 steps once (its latest entry), not 20 + 40.
-    assert store.prior_history(key, run_id=2) == [[1.5, 0.05, 40]]
-    assert store.prior_history(key, run_id=1) == [[1.1, 0.05, 20]]
-    assert store.prior_history(key, run_id=3) == [[1.5, 0.05, 40], [1.1, 0.05, 20]]
+    store.append(key, run_id=1, entries=[[1.5, 0.05, 20]], data=DIGITS_0, noise_source="secure")
+    store.append(key, run_id=1, entries=[[1.5, 0.05, 20]], data=DIGITS_0, noise_source="secure")
+    everything = store.append(
+        key, run_id=2, entries=[[1.1, 0.05, 20]], data=DIGITS_0, noise_source="seeded"
+    )
+    assert everything == [[1.5, 0.05, 20], [1.5, 0.05, 20], [1.1, 0.05, 20]]
+    # A reused run id continues its history: it cannot replace it.
+    store.append(key, run_id=1, entries=[[5.0, 0.05, 20]], data=DIGITS_0, noise_source="secure")
+    assert sum(n for *_, n in store.history(key)) == 80
     document = json.loads(store.path(key).read_text())
-    assert document["data"] == DIGITS_0 and set(document["runs"]) == {"1", "2"}
+    assert document["runs"]["1"]["noise-sources"] == ["secure"]
     assert [p.name for p in (tmp_path / "state").iterdir() if p.suffix == ".tmp"] == []
 
 
-def test_a_run_cannot_shrink_its_stored_steps(tmp_path):
-    store = LedgerStore(tmp_path)
+APPEND_MANY = """
+import sys
+from fedmodel.privacy.ledger_store import LedgerStore
+store = LedgerStore(sys.argv[1])
+for _ in range(20):
+    store.append(sys.argv[2], run_id=int(sys.argv[3]), entries=[[1.0, 0.1, 1]],
+                 data={"dataset": "digits"}, noise_source="seeded")
+"""
+
+
+def test_concurrent_processes_lose_no_step(tmp_path):
     key = data_key(DIGITS_0)
-    store.record_run(key, run_id=7, history=[[1.5, 0.05, 40]], data=DIGITS_0)
-    with pytest.raises(ValueError, match="shrink its stored ledger .* from 40 to 20 steps"):
-        store.record_run(key, run_id=7, history=[[1.5, 0.05, 20]], data=DIGITS_0)
-    assert store.prior_history(key, run_id=8) == [[1.5, 0.05, 40]]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", APPEND_MANY, str(tmp_path), key, str(worker)])
+        for worker in range(3)
+    ]
+    assert [worker.wait(timeout=60) for worker in workers] == [0, 0, 0]
+    assert sum(n for *_, n in LedgerStore(tmp_path).history(key)) == 60
 
 
 def test_an_unreadable_file_stops_rather_than_restarting_at_zero(tmp_path):
@@ -52,16 +81,16 @@ def test_an_unreadable_file_stops_rather_than_restarting_at_zero(tmp_path):
     key = data_key(DIGITS_0)
     store.path(key).write_text("{not json")
     with pytest.raises(ValueError, match=f"privacy ledger file {store.path(key)} cannot be read"):
-        store.prior_history(key, run_id=1)
-    store.path(key).write_text(json.dumps({"format": 1, "runs": {"1": {"history": [[1, 2, 3]]}}}))
+        store.history(key)
+    store.path(key).write_text(json.dumps({"format": 2, "runs": {"1": {"history": [[1, 2, 3]]}}}))
     with pytest.raises(ValueError, match="run 1 is malformed"):
-        store.prior_history(key, run_id=2)
+        store.history(key)
 
 
 def test_bad_histories_and_keys_are_refused(tmp_path):
     store = LedgerStore(tmp_path)
     with pytest.raises(ValueError, match=r"0 < q <= 1"):
-        store.record_run("k", run_id=1, history=[[1.0, 1.5, 3]], data=DIGITS_0)
+        store.append("k", run_id=1, entries=[[1.0, 1.5, 3]], data=DIGITS_0, noise_source="s")
     with pytest.raises(ValueError, match="not a plain file name"):
         store.path("../escape")
     assert os.listdir(tmp_path) == []
