@@ -53,6 +53,7 @@ from fedmodel.data.sources import (
 )
 from fedmodel.models import build_model
 from fedmodel.privacy.client_privacy import ClientPrivacy, PrivacyRequest
+from fedmodel.privacy.delta import check_delta
 from fedmodel.privacy.ledger_store import LedgerError, data_identity
 from fedmodel.privacy.node_policy import NodePolicy, PolicyRefusal
 from fedmodel.records import (
@@ -116,12 +117,8 @@ def train(msg: Message, context: Context) -> Message:
             delta=config.delta,
             origin=_custom_data(context, config).origin,
         )
-    if config.dp and config.delta >= 1.0 / len(dataset):
-        raise ConfigError(
-            f"client {client_name(context)}: run-config 'delta' = {config.delta:g} is not "
-            "below 1 / the client's number of records; such a delta permits leaking a "
-            "whole record. Lower it."
-        )
+    if config.dp:
+        check_delta(config.delta, num_examples=len(dataset), where=f"client {client_name(context)}")
     # Refused here, before any record is read for training, when the policy says no.
     plan = privacy.plan_round(num_examples=len(dataset), server_round=server_round)
     model = _model_for(config, msg, context)

@@ -26,10 +26,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from fedmodel.atomic_files import write_atomically
 
 FORMAT_VERSION = 2
 
@@ -159,7 +160,7 @@ class LedgerStore:
             if noise_source not in run.setdefault("noise-sources", []):
                 run["noise-sources"].append(noise_source)
             document["data"] = dict(data)
-            _write_atomically(path, json.dumps(document, indent=1) + "\n")
+            write_atomically(path, json.dumps(document, indent=1) + "\n")
             return _all_entries(document)
 
 
@@ -176,22 +177,6 @@ def _locked(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False, encoding="utf-8"
-    ) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-    # The rename is durable only once the directory entry is on disk.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _check_document(document: Any, path: Path) -> None:

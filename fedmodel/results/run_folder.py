@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 
 import torch
 
-from fedmodel.config import RunConfig
+from fedmodel.atomic_files import write_atomically
+from fedmodel.config import ConfigError, RunConfig
 from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
 
 
@@ -106,31 +106,31 @@ class RunFolder:
 
     def create(self, config: RunConfig, *, extra: dict[str, Any] | None = None) -> None:
         """Make the folder (refusing one that already holds a run) and write the config."""
-        if (self.path / "config.json").exists():
-            raise FileExistsError(f"run-dir {str(self.path)!r} already holds a run; choose another")
+        check_new_run_dir(self.path)
         (self.path / "privacy").mkdir(parents=True, exist_ok=True)
         document = {"run_config": config.to_mapping(), **(extra or {})}
-        _write_text(self.path / "config.json", json.dumps(document, indent=2) + "\n")
+        write_atomically(self.path / "config.json", json.dumps(document, indent=2) + "\n")
 
     def add_round(self, metrics: RoundMetrics) -> None:
         self.rounds.append(metrics)
         rows = [asdict(r) for r in self.rounds]
-        _write_text(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
+        write_atomically(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)])
         writer.writeheader()
         writer.writerows(rows)
-        _write_text(self.path / "metrics.csv", buffer.getvalue())
+        write_atomically(self.path / "metrics.csv", buffer.getvalue())
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
-        with tempfile.NamedTemporaryFile(dir=self.path, suffix=".pt", delete=False) as tmp:
-            torch.save(state_dict, tmp)
-        os.replace(tmp.name, self.path / "model.pt")
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        write_atomically(self.path / "model.pt", buffer.getvalue())
 
     def save_ledger(self, client: str, ledger: dict[str, Any]) -> None:
         """Write ``privacy/<client>.json`` (``ledger`` holds history, δ, ε, ...)."""
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
-        _write_text(self.path / "privacy" / f"{safe}.json", json.dumps(ledger, indent=2) + "\n")
+        text = json.dumps(ledger, indent=2) + "\n"
+        write_atomically(self.path / "privacy" / f"{safe}.json", text)
 
 
 def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:
@@ -139,17 +139,18 @@ def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:
     return [RoundMetrics(**row) for row in rows]
 
 
-def _write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8"
-    ) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+def check_new_run_dir(path: str | os.PathLike[str]) -> None:
+    """Refuse a run folder that already holds a run (raises ``ConfigError``)."""
+    if (Path(path) / "config.json").exists():
+        raise ConfigError(f"run-config key 'run-dir' = {str(path)!r} already holds a run")
+
+
 
 
 __all__ = [
     "RoundMetrics",
     "RunFolder",
+    "check_new_run_dir",
     "default_run_dir",
     "load_metrics",
     "privacy_header",
