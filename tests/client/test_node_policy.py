@@ -153,3 +153,34 @@ def test_a_context_cannot_carry_another_datas_state(tmp_path):
     )
     reply = send_train(moved, 2)
     assert reply.has_error() and reply.error.reason.startswith("ValueError")
+
+
+def test_under_dp_query_and_evaluate_replies_carry_only_public_fields(tmp_path):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+
+    from client.client_app import app
+    from fedmodel.data.sources import FederationData
+    from fedmodel.models import build_model
+    from fedmodel.records import federation_to_record
+
+    node = {"data-path": "simulations.examples.custom_data:digits", "state-dir": str(tmp_path)}
+    context = Context(
+        run_id=1, node_id=5, node_config=node, state=RecordDict(),
+        run_config=RunConfig.from_mapping({"dataset": "custom", "num-classes": 10}).to_mapping(),
+    )
+    query = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=5,
+                    message_type=MessageType.QUERY)
+    data = dict(app(query, context).content["data"])
+    # 1437 training records: the node says ceil(1437 / 64) * 64, and no class names.
+    assert data == {
+        "input-shape": [1, 8, 8], "num-classes": 10, "num-examples": 1472,
+        "class-names": [], "origin": "simulations.examples.custom_data:digits",
+        "has-held-out-split": True,
+    }
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(64,))
+    federation = federation_to_record(FederationData(input_shape=(1, 8, 8), num_classes=10))
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": federation})
+    reply = app(Message(content, dst_node_id=5, message_type=MessageType.EVALUATE), context)
+    metrics = dict(reply.content["metrics"])
+    assert sorted(metrics) == ["eval-accuracy", "eval-loss", "num-examples"]
+    assert metrics["num-examples"] == 360  # the held-out split, never the training records
