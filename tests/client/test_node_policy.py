@@ -184,3 +184,25 @@ def test_under_dp_query_and_evaluate_replies_carry_only_public_fields(tmp_path):
     metrics = dict(reply.content["metrics"])
     assert sorted(metrics) == ["eval-accuracy", "eval-loss", "num-examples"]
     assert metrics["num-examples"] == 360  # the held-out split, never the training records
+
+
+def test_a_server_cannot_point_a_deployed_node_at_other_files_or_loaders(tmp_path):
+    from flwr.app import ConfigRecord, Message, MessageType
+
+    from client.client_app import app
+
+    secret = tmp_path / "someone-elses.npz"
+    np_values = {"dataset": "custom", "num-classes": 10, "data-path": str(secret)}
+    context = Context(
+        run_id=1, node_id=5, node_config={"state-dir": str(tmp_path)}, state=RecordDict(),
+        run_config=RunConfig.from_mapping(np_values).to_mapping(),
+    )
+    query = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=5,
+                    message_type=MessageType.QUERY)
+    reason = _refusal(app(query, context))
+    # The run config's data-path is ignored: the node asks for its own, says nothing of
+    # whether the server's path exists.
+    assert "give node config 'data-path'" in reason and str(secret) not in reason
+    loader = {**np_values, "data-path": "simulations.examples.custom_data:digits"}
+    context.run_config.update(RunConfig.from_mapping(loader).to_mapping())
+    assert "give node config 'data-path'" in _refusal(app(query, context))
