@@ -41,7 +41,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedmodel.config import ConfigError, RunConfig
-from fedmodel.data import data_shape, load_partition
+from fedmodel.data import DATASETS, data_shape, load_partition
 from fedmodel.data.sources import (
     NODE_DATA_KEY,
     DataDescription,
@@ -109,7 +109,7 @@ def train(msg: Message, context: Context) -> Message:
     privacy = _client_privacy(context, config, policy)
     server_round = int(msg.content["config"]["server-round"])
     dataset = _client_dataset(context, config)
-    if config.dataset == "custom":
+    if _own_data(config):
         check_trainable(
             len(dataset),
             batch_size=config.batch_size,
@@ -191,7 +191,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     policy = NodePolicy.from_node_config(context.node_config)
     config = _node_view(RunConfig.from_mapping(context.run_config), policy)
     held_out = None
-    if config.dataset == "custom" and _custom_data(context, config).test is not None:
+    if _own_data(config) and _custom_data(context, config).test is not None:
         held_out = _custom_data(context, config).test.dataset  # type: ignore[union-attr]
     if held_out is None and config.dp:
         raise PolicyRefusal(
@@ -260,7 +260,7 @@ def _node_view(config: RunConfig, policy: NodePolicy) -> RunConfig:
 
 
 def _client_privacy(context: Context, config: RunConfig, policy: NodePolicy) -> ClientPrivacy:
-    if config.dataset == "custom" or NODE_DATA_KEY in context.node_config:
+    if _own_data(config) or NODE_DATA_KEY in context.node_config:
         data_path = str(context.node_config.get(NODE_DATA_KEY, config.data_path))
     else:
         data_path = ""
@@ -291,7 +291,7 @@ def _client_privacy(context: Context, config: RunConfig, policy: NodePolicy) -> 
 
 
 def _client_dataset(context: Context, config: RunConfig):
-    if config.dataset == "custom" or NODE_DATA_KEY in context.node_config:
+    if _own_data(config) or NODE_DATA_KEY in context.node_config:
         return _custom_data(context, config).train.dataset
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
@@ -309,12 +309,17 @@ def _client_dataset(context: Context, config: RunConfig):
     return load_partition(config, partition_id=partition_id, num_partitions=num_partitions)
 
 
+def _own_data(config: RunConfig) -> bool:
+    """The clients bring their own data (``dataset = "custom"``)."""
+    return DATASETS.get(config.dataset).own_data
+
+
 def _custom_data(context: Context, config: RunConfig) -> SourceData:
     return client_source(config, node_config=context.node_config)  # cached per process
 
 
 def _model_for(config: RunConfig, msg: Message, context: Context):
-    if config.dataset == "custom":
+    if _own_data(config):
         # The server agreed on the model input across clients; it comes with the message.
         federation = record_to_federation(msg.content["config"])
         check_fits(_custom_data(context, config), federation)

@@ -5,26 +5,75 @@ Flower passes the run config as a flat mapping with kebab-case keys
 :class:`RunConfig` is that mapping as a validated dataclass. It is built before any
 data is loaded or any file is written, so a bad value fails fast with a message that
 names the key, the value and the allowed range.
+
+The keys that name a registered thing (``model``, ``dataset``, ``partitioner``,
+``accountant``, ``grad-sample-mode``) take their allowed values from the registries of
+the packages that define those things (:class:`Choices`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
-MODELS = ("mlp", "cnn")
-DATASETS = ("digits", "mnist", "fashion-mnist", "custom", "synthetic")
-PARTITIONERS = ("iid", "dirichlet", "shards")
-ACCOUNTANTS = ("rdp", "prv")  # GDP: see fedmodel/privacy/ledger.py
-GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
+from fedmodel.registry import Registry
+
 IMAGE_MODES = ("L", "RGB")
 
 
 class ConfigError(ValueError):
     """A run-config value is missing, of the wrong type or out of range."""
+
+
+class DatasetTraits(Protocol):
+    """What the run config reads of a registered dataset (``fedmodel.data.datasets``)."""
+
+    @property
+    def own_data(self) -> bool: ...
+
+    @property
+    def partitioned(self) -> bool: ...
+
+    @property
+    def heterogeneity(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The allowed values of the run-config keys that name a registered thing.
+
+    The registries belong to the packages that define the things (``fedmodel.models``,
+    ``fedmodel.data``, ``fedmodel.privacy``, ``fedmodel.training``). Those import this
+    module, so this module cannot import them (``lint-imports`` forbids import cycles
+    between fedmodel's packages): ``fedmodel/__init__.py``, which Python runs before any
+    fedmodel module, hands them in with :func:`use_choices`. Registries are kept, not
+    copied: a name registered later is allowed from then on.
+    """
+
+    model: Collection[str]
+    dataset: Registry[Any]  # of DatasetTraits
+    partitioner: Collection[str]
+    accountant: Collection[str]
+    grad_sample_mode: Collection[str]
+
+
+_choices: Choices | None = None
+
+
+def use_choices(choices: Choices) -> None:
+    """Validate the run-config keys that name registered things against ``choices``."""
+    global _choices
+    _choices = choices
+
+
+def _registered() -> Choices:
+    if _choices is None:
+        raise RuntimeError("fedmodel/__init__.py has not handed the registries to the run config")
+    return _choices
 
 
 @dataclass(frozen=True)
@@ -76,6 +125,9 @@ class RunConfig:
     round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
+        # TOML and the CLI give hidden-sizes as 64, "64,64" or [64, 64]: kept as the
+        # comma-separated string, the form Flower's run config carries.
+        object.__setattr__(self, "hidden_sizes", _sizes_text(self.hidden_sizes))
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
         _check_range(
@@ -94,20 +146,25 @@ class RunConfig:
         _check_range("batch_size", self.batch_size, ">= 1", self.batch_size >= 1)
         _check_range("learning_rate", self.learning_rate, "> 0", self.learning_rate > 0)
         _check_range("momentum", self.momentum, "in [0, 1)", 0 <= self.momentum < 1)
-        _check_choice("model", self.model, MODELS)
+        choices = _registered()
+        _check_choice("model", self.model, choices.model)
         _check_range(
             "hidden_sizes",
             self.hidden_sizes,
             "a comma-separated list of positive integers, e.g. '128,64'",
             _parse_sizes(self.hidden_sizes) is not None,
         )
-        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("dataset", self.dataset, choices.dataset)
+        dataset: DatasetTraits = choices.dataset.get(self.dataset)
+        own_data = " or ".join(
+            repr(name) for name in choices.dataset if choices.dataset.get(name).own_data
+        )
         for name in ("data_path", "test_data"):
             _check_range(
                 name,
                 getattr(self, name),
-                "empty unless dataset = 'custom'",
-                not getattr(self, name) or self.dataset == "custom",
+                f"empty unless dataset = {own_data}",
+                not getattr(self, name) or dataset.own_data,
             )
         _check_range(
             "num_classes",
@@ -122,7 +179,7 @@ class RunConfig:
             self.num_classes,
             "set (>= 2) for custom data under DP: inferred from the labels it would reveal "
             "whether a record with the largest label exists",
-            not (self.dp and self.dataset == "custom" and self.num_classes == 0),
+            not (self.dp and dataset.own_data and self.num_classes == 0),
         )
         _check_range("y_key", self.y_key, "different from x-key", self.y_key != self.x_key)
         _check_choice("image_mode", self.image_mode, IMAGE_MODES)
@@ -132,7 +189,7 @@ class RunConfig:
             "'' (keep) or WIDTHxHEIGHT or one side, e.g. '28x28' or '28'",
             self.image_size == "" or _parse_image_size(self.image_size) is not None,
         )
-        _check_choice("partitioner", self.partitioner, PARTITIONERS)
+        _check_choice("partitioner", self.partitioner, choices.partitioner)
         _check_range("dirichlet_alpha", self.dirichlet_alpha, "> 0", self.dirichlet_alpha > 0)
         _check_range(
             "shards_per_client", self.shards_per_client, ">= 1", self.shards_per_client >= 1
@@ -142,9 +199,9 @@ class RunConfig:
         _check_range(
             "partitioner",
             self.partitioner,
-            "'iid' for dataset 'synthetic' (its clients are generated apart; "
-            "set synthetic-alpha / synthetic-beta for heterogeneity)",
-            self.dataset != "synthetic" or self.partitioner == "iid",
+            f"'iid' for dataset {self.dataset!r} (its clients are generated apart; "
+            f"{dataset.heterogeneity})",
+            dataset.partitioned or self.partitioner == "iid",
         )
         _check_range("seed", self.seed, ">= 0", self.seed >= 0)
         _check_range("noise_multiplier", self.noise_multiplier, ">= 0", self.noise_multiplier >= 0)
@@ -156,8 +213,8 @@ class RunConfig:
         )
         _check_range("max_grad_norm", self.max_grad_norm, "> 0", self.max_grad_norm > 0)
         _check_range("delta", self.delta, "in (0, 1)", 0 < self.delta < 1)
-        _check_choice("accountant", self.accountant, ACCOUNTANTS)
-        _check_choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        _check_choice("accountant", self.accountant, choices.accountant)
+        _check_choice("grad_sample_mode", self.grad_sample_mode, choices.grad_sample_mode)
         _check_range(
             "min_train_replies", self.min_train_replies, ">= 1", self.min_train_replies >= 1
         )
@@ -187,8 +244,12 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                allowed = ", ".join(sorted(_kebab(n) for n in known))
-                raise ConfigError(f"unknown run-config key '{key}'; known keys: {allowed}")
+                keys = sorted(_kebab(n) for n in known)
+                near = difflib.get_close_matches(_kebab(name), keys, n=1)
+                hint = f"did you mean '{near[0]}'? " if near else ""
+                raise ConfigError(
+                    f"unknown run-config key '{key}'; {hint}known keys: {', '.join(keys)}"
+                )
             kwargs[name] = value
         return cls(**kwargs)
 
@@ -203,6 +264,18 @@ class RunConfig:
 
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _sizes_text(value: Any) -> Any:
+    """``64`` and ``[64, 64]`` as ``"64"`` and ``"64,64"``; anything else unchanged."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list | tuple):
+        # Non-integers keep their repr, which the range check then refuses.
+        return ",".join(
+            str(v) if isinstance(v, int) and not isinstance(v, bool) else repr(v) for v in value
+        )
+    return value
 
 
 def _parse_sizes(text: str) -> tuple[int, ...] | None:
@@ -246,7 +319,7 @@ def _check_range(name: str, value: Any, allowed: str, ok: bool) -> None:
         )
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: str, choices: Collection[str]) -> None:
     if value not in choices:
         raise ConfigError(
             f"run-config key '{_kebab(name)}' = {value!r} is not known: must be one of "

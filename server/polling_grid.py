@@ -9,7 +9,7 @@ wrapper implements ``send_and_receive`` with the Grid's own ``push_messages`` an
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -28,13 +28,25 @@ class PromptGrid(DelegatingGrid):
         The Grid Flower gave the ServerApp.
     interval : float
         Seconds between two checks for replies.
+    clock, sleep : callable
+        The time and the wait between checks (injected by tests, so that they do not
+        depend on the machine's load).
     """
 
-    def __init__(self, grid: Grid, *, interval: float = POLL_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        interval: float = POLL_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
         super().__init__(grid)
         self.interval = interval
+        self.clock = clock
+        self.sleep = sleep
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -46,14 +58,14 @@ class PromptGrid(DelegatingGrid):
         """
         pending = [mid for mid in self.grid.push_messages(messages) if mid]
         order = {mid: position for position, mid in enumerate(pending)}
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.clock() + timeout
         replies: list[Message] = []
         while pending:
             arrived = list(self.grid.pull_messages(pending))
             replies.extend(arrived)
             answered = {reply.metadata.reply_to_message_id for reply in arrived}
             pending = [mid for mid in pending if mid not in answered]
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
+            if not pending or (deadline is not None and self.clock() >= deadline):
                 break
-            time.sleep(self.interval)
+            self.sleep(self.interval)
         return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))

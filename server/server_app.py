@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
-import time
 from collections.abc import Iterator
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedmodel.config import RunConfig
-from fedmodel.data import load_splits
+from fedmodel.data import DATASETS, load_splits
 from fedmodel.models import build_model
 from fedmodel.records import federation_to_record
-from fedmodel.results import RoundMetrics, RunFolder, default_run_dir, privacy_header
-from fedmodel.training import evaluate
+from fedmodel.results import RunFolder, default_run_dir, privacy_header
 from server.data_check import ExcludingGrid, check_client_data
 from server.polling_grid import PromptGrid
+from server.round_recorder import RoundRecorder
 from server.strategies.client_tracking import ClientTracking
-
-PER_CLIENT_LOG_LIMIT = 5
 
 app = ServerApp()
 
@@ -38,7 +34,7 @@ def main(grid: Grid, context: Context) -> None:
 
     model_config, extra = ConfigRecord(), {}
     every_node_holds_out = False  # custom data: each usable node has a test split
-    if config.dataset == "custom":
+    if DATASETS.get(config.dataset).own_data:
         # Custom data: ask every node before round 1; bad nodes are left out, named.
         checked = check_client_data(grid, config)
         for line in checked.report():
@@ -59,12 +55,43 @@ def main(grid: Grid, context: Context) -> None:
         num_classes=num_classes,
         hidden_sizes=config.hidden_layer_sizes,
     )
+    strategy = _strategy(
+        config, central_test=test is not None, every_node_holds_out=every_node_holds_out
+    )
+    folder = RunFolder(config.run_dir or default_run_dir(config))
+    folder.create(
+        config,
+        extra={
+            "num_nodes": len(list(grid.get_node_ids())),
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            **extra,
+        },
+    )
+    print(privacy_header(config), flush=True)
+    recorder = RoundRecorder(config, model=model, test=test, strategy=strategy, folder=folder)
+    strategy.start(
+        grid=PromptGrid(grid),
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
+        evaluate_fn=recorder,
+        train_config=ConfigRecord(dict(model_config)),
+        evaluate_config=ConfigRecord(dict(model_config)),
+    )
+    print(f"Run folder: {folder.path}", flush=True)
+
+
+def _strategy(
+    config: RunConfig, *, central_test: bool, every_node_holds_out: bool
+) -> ClientTracking:
+    """FedAvg as the run config asks, wrapped in :class:`ClientTracking`."""
     # Without a central test set the clients' own evaluation is the only measure; under
     # DP a client evaluates only on a held-out split (its training records' accuracy
     # would be a noise-free statistic of them), so only when every node has one.
-    automatic = 1.0 if test is None and (not config.dp or every_node_holds_out) else 0.0
+    automatic = 1.0 if not central_test and (not config.dp or every_node_holds_out) else 0.0
     fraction_evaluate = config.fraction_evaluate or automatic
-    if test is None and not fraction_evaluate:
+    if not central_test and not fraction_evaluate:
         print(
             "Evaluation off: no central test set, and under DP clients evaluate only on "
             "held-out splits, which not every node has",
@@ -79,88 +106,12 @@ def main(grid: Grid, context: Context) -> None:
             min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
             min_available_nodes=config.min_train_replies,
         )
-    strategy = ClientTracking(
+    return ClientTracking(
         fedavg,
         require_ledger=config.dp,
         min_train_replies=config.min_train_replies,
         round_timeout=config.round_timeout,
     )
-    folder = RunFolder(config.run_dir or default_run_dir(config))
-    folder.create(
-        config,
-        extra={
-            "num_nodes": len(list(grid.get_node_ids())),
-            "input_shape": list(input_shape),
-            "num_classes": num_classes,
-            **extra,
-        },
-    )
-    print(privacy_header(config), flush=True)
-
-    clock = {"last": time.perf_counter()}
-    saved_ledgers: dict[str, dict] = {}
-
-    def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, test) if test is not None else (math.nan,) * 2
-        if server_round == 0:
-            clock["last"] = time.perf_counter()
-            return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
-        epsilons = strategy.epsilons() or [0.0]
-        train_metrics = strategy.last_train_metrics
-        client_metrics = strategy.last_evaluate_metrics
-        metrics = RoundMetrics(
-            round=server_round,
-            test_accuracy=accuracy,
-            test_loss=loss,
-            epsilon_max=max(epsilons) if config.dp else math.inf,
-            epsilon_mean=sum(epsilons) / len(epsilons) if config.dp else math.inf,
-            clients_trained=strategy.last_round_trained,
-            clients_failed=len(strategy.last_round_failures),
-            # Under DP clients send no training loss (a noise-free statistic of records).
-            train_loss=_metric(train_metrics, "train-loss"),
-            seconds=time.perf_counter() - clock["last"],
-            client_accuracy=_metric(client_metrics, "eval-accuracy"),
-            client_loss=_metric(client_metrics, "eval-loss"),
-        )
-        folder.add_round(metrics)
-        folder.save_model(arrays.to_torch_state_dict())
-        for client, ledger in strategy.ledgers.items():
-            if saved_ledgers.get(client) is not ledger:  # new this round: keep rounds O(sampled)
-                folder.save_ledger(client, ledger)
-                saved_ledgers[client] = ledger
-        print(metrics.line(num_rounds=config.num_server_rounds, dp=config.dp), flush=True)
-        if config.dp and server_round == 1:
-            print(f"  {strategy.noise_source_line()}", flush=True)
-        # Per-client ε on the log for small federations; always in privacy/<client>.json.
-        if config.dp and 0 < len(strategy.last_round_epsilons) <= PER_CLIENT_LOG_LIMIT:
-            print(f"  {strategy.epsilon_line()}", flush=True)
-        for failure in strategy.last_round_failures:
-            print(f"  failed: {failure}", flush=True)
-        if not strategy.last_round_updated:
-            print(
-                f"  global model unchanged: {strategy.last_round_trained} of at least "
-                f"{config.min_train_replies} updates (run-config min-train-replies)",
-                flush=True,
-            )
-        clock["last"] = time.perf_counter()
-        return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
-
-    strategy.start(
-        grid=PromptGrid(grid),
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_server_rounds,
-        timeout=config.round_timeout,
-        evaluate_fn=evaluate_and_record,
-        train_config=ConfigRecord(dict(model_config)),
-        evaluate_config=ConfigRecord(dict(model_config)),
-    )
-    print(f"Run folder: {folder.path}", flush=True)
-
-
-def _metric(metrics: MetricRecord | None, key: str) -> float:
-    """An aggregated client metric of this round, or nan when no client evaluated."""
-    return float(metrics[key]) if metrics and key in metrics else math.nan  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@
   object (a torch ``Dataset`` or a ``(train, test)`` pair), given as node config
   ``data-path`` exactly as a deployed SuperNode gets its own.
 
-Every simulated node is marked ``simulated`` (``fedmodel.privacy.node_policy``).
+Every simulated node is marked ``simulated`` (``fedmodel.privacy.node_policy``), and
+:func:`check_delta` holds δ below 1/N of the smallest client before anything runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedmodel.config import ConfigError, RunConfig
+from fedmodel.data import DATASETS, partition_sizes
 from fedmodel.data.sources import (
     NODE_DATA_KEY,
     DataOptions,
@@ -25,6 +27,7 @@ from fedmodel.data.sources import (
     load_source,
     match_client_paths,
 )
+from fedmodel.privacy import delta as delta_rule
 
 DEFAULT_NUM_CLIENTS = 10
 # The user runs these nodes and the server: seeded randomness (reproducible runs), and the
@@ -43,12 +46,12 @@ def client_node_configs(
     """
     if client_data is not None:
         return _from_client_data(config, num_clients=num_clients, client_data=client_data)
-    if config.dataset == "custom" and not config.data_path:
+    if DATASETS.get(config.dataset).own_data and not config.data_path:
         raise ConfigError(
             "dataset = 'custom' needs run-config key 'data-path' (a file, folder, glob "
             "pattern or package.module:function), or simulate(client_data=[...])"
         )
-    if config.dataset == "custom" and is_pattern(config.data_path):
+    if DATASETS.get(config.dataset).own_data and is_pattern(config.data_path):
         matches = len(match_client_paths(config.data_path))
         if num_clients is not None and num_clients != matches:
             raise ConfigError(
@@ -56,7 +59,7 @@ def client_node_configs(
                 f"but {num_clients} clients were asked for; one match per client"
             )
         num_clients = matches
-    elif config.dataset == "custom":
+    elif DATASETS.get(config.dataset).own_data:
         load_source(config.data_path, options=DataOptions.from_config(config))
     num_clients = DEFAULT_NUM_CLIENTS if num_clients is None else num_clients
     _check_count(num_clients)
@@ -69,7 +72,7 @@ def client_node_configs(
 def _from_client_data(
     config: RunConfig, *, num_clients: int | None, client_data: Sequence[Any]
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    if config.dataset != "custom":
+    if not DATASETS.get(config.dataset).own_data:
         raise ConfigError(
             f"client_data needs run-config key 'dataset' = 'custom' (it is {config.dataset!r})"
         )
@@ -101,3 +104,20 @@ def _from_client_data(
 def _check_count(num_clients: int) -> None:
     if num_clients < 1:
         raise ConfigError(f"number of clients = {num_clients} is out of range: must be >= 1")
+
+
+def check_delta(config: RunConfig, *, num_clients: int) -> None:
+    """Refuse a δ that is not below 1/N for the smallest client (N its record count).
+
+    Custom data is not known here: each client checks its own before round 1.
+    """
+    if DATASETS.get(config.dataset).own_data:
+        return
+    try:
+        sizes = partition_sizes(config, num_partitions=num_clients)
+    except ValueError as error:
+        raise ConfigError(
+            f"cannot split dataset {config.dataset!r} for {num_clients} clients: {error}"
+        ) from error
+    if config.dp:
+        delta_rule.check_delta(config.delta, num_examples=min(sizes), where="the smallest client")

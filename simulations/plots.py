@@ -14,25 +14,32 @@ is imported only when a plot is drawn: ``fedmodel simulate`` starts without it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedmodel.atomic_files import write_atomically
 from fedmodel.config import RunConfig
 from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
 from fedmodel.results import RoundMetrics, load_metrics
-from simulations.experiments import accuracy_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from simulations.experiments import Experiment, RunOutcome
-
 DPI = 110
+# Finished runs grouped by setting (a label), each run as its config and its rounds.
+Settings = dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]
+
+
+def accuracy_of(metrics: RoundMetrics) -> float:
+    """A round's accuracy: central test accuracy, else the clients' own evaluation."""
+    if math.isnan(metrics.test_accuracy):
+        return getattr(metrics, "client_accuracy", math.nan)
+    return metrics.test_accuracy
 
 
 def plot_run(run_dir: str | os.PathLike[str]) -> Path:
@@ -73,13 +80,9 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     return _save(figure, folder / "rounds.png")
 
 
-def plot_experiment(
-    directory: str | os.PathLike[str],
-    experiment: Experiment,
-    outcomes: Sequence[RunOutcome],
-) -> list[Path]:
-    """Write ``frontier.png`` and ``accuracy.png`` for the finished runs of an experiment."""
-    settings = _settings(experiment, outcomes)
+def plot_experiment(directory: str | os.PathLike[str], settings: Settings) -> list[Path]:
+    """Write ``frontier.png`` and ``accuracy.png`` for the finished runs of an experiment,
+    grouped by setting (every grid value except the seed)."""
     if not settings:
         return []
     folder = Path(directory)
@@ -89,25 +92,7 @@ def plot_experiment(
     ]
 
 
-def _settings(
-    experiment: Experiment, outcomes: Sequence[RunOutcome]
-) -> dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]:
-    """Finished runs grouped by setting: every grid value except the seed."""
-    groups: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]] = {}
-    for outcome in outcomes:
-        if outcome.status != "ok":
-            continue
-        rounds = load_metrics(outcome.run_dir)
-        if not rounds:
-            continue
-        label = ", ".join(
-            f"{k}={_fmt(v)}" for k, v in outcome.run.grid.items() if k != "seed" and v is not None
-        )
-        groups.setdefault(label or experiment.name, []).append((outcome.run.config, rounds))
-    return groups
-
-
-def _frontier(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]) -> Path:
+def _frontier(path: Path, settings: Settings) -> Path:
     figure = _figure(width=8, height=5.5)
     axes = figure.subplots()
     points: list[tuple[float, float]] = []
@@ -144,7 +129,7 @@ def _frontier(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMe
     return _save(figure, path)
 
 
-def _curves(path: Path, settings: dict[str, list[tuple[RunConfig, list[RoundMetrics]]]]) -> Path:
+def _curves(path: Path, settings: Settings) -> Path:
     figure = _figure(width=9 if len(settings) <= 8 else 12, height=5.5)
     axes = figure.subplots()
     for color, (label, runs) in zip(_colors(len(settings)), settings.items(), strict=True):
@@ -201,9 +186,9 @@ def _save(figure: Figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=DPI)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=DPI)
+    write_atomically(path, png.getvalue())
     return path
 
 
@@ -218,11 +203,3 @@ def _integer_rounds(axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and not math.isinf(value):
-        return f"{value:g}"
-    return str(value)

@@ -36,7 +36,10 @@ REDRAW_SECONDS = 1.0
 def is_terminal(stream: TextIO) -> bool:
     """Whether ``stream`` is an interactive terminal that understands ``\\r`` and ANSI clear."""
     isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
+    try:
+        return bool(isatty and isatty()) and os.environ.get("TERM", "") != "dumb"
+    except ValueError:  # closed, e.g. a logging handler's stream that outlived its capture
+        return False
 
 
 def format_bar(

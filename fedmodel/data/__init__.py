@@ -1,4 +1,8 @@
-"""Data sources, partitioning, and the one entry point a client uses to get its share."""
+"""Data sources, partitioning, and the one entry point a client uses to get its share.
+
+What a dataset is and how its clients get their share is its registered
+:class:`~fedmodel.data.datasets.DatasetSpec` (:data:`~fedmodel.data.datasets.DATASETS`).
+"""
 
 from __future__ import annotations
 
@@ -7,53 +11,42 @@ import functools
 from torch.utils.data import TensorDataset
 
 from fedmodel.config import RunConfig
-from fedmodel.data import synthetic
-from fedmodel.data.digits import load_digits_splits
-from fedmodel.data.mnist import load_mnist_splits
-from fedmodel.data.partitioning import partition
+from fedmodel.data.datasets import DATASETS, DatasetSpec, load_dataset
+from fedmodel.data.mnist import DownloadError
+from fedmodel.data.partitioning import PARTITIONERS, partition
 from fedmodel.data.splits import DatasetSplits, tensor_dataset
-
-
-@functools.lru_cache(maxsize=4)
-def load_dataset(name: str, *, data_dir: str = "", seed: int = 0) -> DatasetSplits:
-    """Load a built-in dataset by name (cached: many clients in one process share it)."""
-    if name == "digits":
-        return load_digits_splits(seed=seed)
-    if name in ("mnist", "fashion-mnist"):
-        return load_mnist_splits(name, data_dir=data_dir)
-    raise ValueError(f"unknown dataset {name!r}: must be one of digits, mnist, fashion-mnist")
 
 
 def load_splits(config: RunConfig, *, num_clients: int | None = None) -> DatasetSplits:
     """The dataset ``config`` names, with its options; its test split is the server's.
 
-    ``num_clients`` (the federation's size) is needed by the synthetic dataset only: its
-    test set is held-out data of the federation's own clients.
+    ``num_clients`` (the federation's size) is needed by a dataset generated per client
+    only: its test set is held-out data of the federation's own clients.
     """
-    if config.dataset == "synthetic":
+    clients = DATASETS.get(config.dataset).clients
+    if clients is not None:
         if num_clients is None:
-            raise ValueError("the synthetic dataset's test set needs the number of clients")
-        return synthetic.load_synthetic_splits(
-            num_clients=num_clients,
-            alpha=config.synthetic_alpha,
-            beta=config.synthetic_beta,
-            seed=config.seed,
-        )
+            raise ValueError(
+                f"the {config.dataset} dataset's test set needs the number of clients"
+            )
+        return clients.held_out(config, num_clients)
     return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
 
 
 def data_shape(config: RunConfig) -> tuple[tuple[int, ...], int]:
     """Shape of one example and number of classes of the dataset ``config`` names."""
-    if config.dataset == "synthetic":
-        return (synthetic.NUM_FEATURES,), synthetic.NUM_CLASSES
+    clients = DATASETS.get(config.dataset).clients
+    if clients is not None:
+        return clients.input_shape, clients.num_classes
     splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     return splits.input_shape, splits.num_classes
 
 
 def partition_sizes(config: RunConfig, *, num_partitions: int) -> list[int]:
     """Number of training examples of every partition under ``config``."""
-    if config.dataset == "synthetic":  # client k is generated alone, whatever the count
-        return list(synthetic.client_sizes(num_partitions, seed=config.seed))
+    clients = DATASETS.get(config.dataset).clients
+    if clients is not None:  # client k is generated alone, whatever the count
+        return list(clients.sizes(config, num_partitions))
     return [len(p) for p in _partitions(config, num_partitions)]
 
 
@@ -63,13 +56,9 @@ def load_partition(config: RunConfig, *, partition_id: int, num_partitions: int)
         raise ValueError(
             f"partition-id {partition_id} is out of range for {num_partitions} partitions"
         )
-    if config.dataset == "synthetic":
-        return synthetic.client_data(
-            partition_id,
-            alpha=config.synthetic_alpha,
-            beta=config.synthetic_beta,
-            seed=config.seed,
-        )
+    clients = DATASETS.get(config.dataset).clients
+    if clients is not None:
+        return clients.data(config, partition_id)
     splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     return splits.train_subset(_partitions(config, num_partitions)[partition_id])
 
@@ -88,7 +77,11 @@ def _partitions(config: RunConfig, num_partitions: int) -> list:
 
 
 __all__ = [
+    "DATASETS",
+    "PARTITIONERS",
+    "DatasetSpec",
     "DatasetSplits",
+    "DownloadError",
     "data_shape",
     "load_dataset",
     "load_partition",

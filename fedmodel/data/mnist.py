@@ -3,20 +3,25 @@
 A local copy is ``<data-dir>/mnist.npz`` (or ``fashion_mnist.npz``) holding the uint8
 arrays ``x_train [60000, 28, 28]``, ``y_train``, ``x_test [10000, 28, 28]``, ``y_test``.
 :func:`download` writes that file from the official IDX files, each checked against the
-MD5 of the official uncompressed file before anything is written.
+MD5 of the official uncompressed file before anything is written. An official file
+already in ``<data-dir>/<name>/`` (placed by hand on a machine without network) is read
+from there instead of downloaded, and checked the same way.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
-import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from fedmodel.atomic_files import write_atomically
 from fedmodel.data.splits import DatasetSplits, tensor_dataset
 
 # name -> (mirror, {array: (file, md5 of the uncompressed IDX file)})
@@ -42,9 +47,20 @@ SOURCES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
 }
 
 
+
+
+class DownloadError(OSError):
+    """The official files cannot be downloaded; the message says how to place them by hand."""
+
+
 def archive_path(name: str, data_dir: str | os.PathLike[str]) -> Path:
     """Where the ``.npz`` of dataset ``name`` lives in ``data_dir``."""
     return Path(data_dir) / f"{name.replace('-', '_')}.npz"
+
+
+def official_files_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
+    """Where :func:`download` looks for official files of ``name`` placed by hand."""
+    return Path(data_dir) / name
 
 
 def load_mnist_splits(name: str, *, data_dir: str | os.PathLike[str]) -> DatasetSplits:
@@ -80,26 +96,54 @@ def load_mnist_splits(name: str, *, data_dir: str | os.PathLike[str]) -> Dataset
 def download(name: str, *, data_dir: str | os.PathLike[str], timeout: float = 60.0) -> Path:
     """Download the official files of ``name``, verify them and write the ``.npz``.
 
-    Nothing is written unless all four files pass their checksum.
+    Files already in :func:`official_files_dir` are read from there instead. Nothing is
+    written unless all four files pass their checksum. An unreachable mirror raises
+    :class:`DownloadError`, whose message says how to place the files by hand.
     """
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}: must be one of {', '.join(SOURCES)}")
     mirror, files = SOURCES[name]
+    placed = official_files_dir(name, data_dir)
     arrays: dict[str, np.ndarray] = {}
     for key, (filename, md5) in files.items():
-        url = mirror + filename
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            raw = gzip.decompress(response.read())
+        local = placed / filename
+        if local.is_file():
+            origin, compressed = str(local), local.read_bytes()
+        else:
+            origin = mirror + filename
+            compressed = _fetch(origin, timeout=timeout, name=name, data_dir=data_dir)
+        raw = gzip.decompress(compressed)
         digest = hashlib.md5(raw).hexdigest()
         if digest != md5:
-            raise ValueError(f"{url}: checksum mismatch (md5 {digest}, expected {md5})")
+            raise ValueError(f"{origin}: checksum mismatch (md5 {digest}, expected {md5})")
         arrays[key] = parse_idx(raw)
     target = archive_path(name, data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".npz", delete=False) as tmp:
-        np.savez_compressed(tmp, **arrays)
-    os.replace(tmp.name, target)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomically(target, buffer.getvalue())
     return target
+
+
+def _fetch(url: str, *, timeout: float, name: str, data_dir: str | os.PathLike[str]) -> bytes:
+    """The bytes at ``url``; a mirror that cannot be reached is a :class:`DownloadError`."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            return response.read()
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        host = urllib.parse.urlsplit(url).netloc
+        if isinstance(error, urllib.error.HTTPError):
+            problem = f"{host} answered HTTP {error.code} for {url}"
+        else:
+            problem = f"cannot reach {host} ({getattr(error, 'reason', error)}) for {url}"
+        mirror, files = SOURCES[name]
+        filenames = ", ".join(filename for filename, _ in files.values())
+        raise DownloadError(
+            f"{problem}. Without network access, copy the official files {filenames} (from "
+            f"{mirror}) into {official_files_dir(name, data_dir)}{os.sep} and run `fedmodel "
+            f"download {name} --data-dir {data_dir}` again: each file is checked against "
+            "its MD5 checksum before the .npz is written"
+        ) from error
 
 
 def parse_idx(raw: bytes) -> np.ndarray:

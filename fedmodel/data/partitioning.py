@@ -6,13 +6,35 @@ can compute its own share alone and every client gets the same split.
 flwr-datasets has equivalent partitioners, but they operate on Hugging Face
 ``datasets`` objects (an extra dependency that is not otherwise needed); these work on a
 plain label array and are a few lines each.
+
+Run-config ``partitioner`` names one of :data:`PARTITIONERS`; a new partitioner is a
+function of the :class:`Partitioner` signature plus one ``register`` line at the end.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-PARTITIONERS = ("iid", "dirichlet", "shards")
+from fedmodel.registry import Registry
+
+
+class Partitioner(Protocol):
+    """Index arrays of ``num_partitions`` client shares of examples with ``labels``.
+
+    Every partitioner gets every run-config partitioner option and uses its own.
+    """
+
+    def __call__(
+        self,
+        labels: np.ndarray,
+        *,
+        num_partitions: int,
+        seed: int,
+        dirichlet_alpha: float,
+        shards_per_client: int,
+    ) -> list[np.ndarray]: ...
 
 
 def iid_partitions(num_examples: int, *, num_partitions: int, seed: int) -> list[np.ndarray]:
@@ -91,17 +113,13 @@ def partition(
     shards_per_client: int = 2,
 ) -> list[np.ndarray]:
     """Index arrays of all ``num_partitions`` partitions for the named partitioner."""
-    if partitioner == "iid":
-        return iid_partitions(len(labels), num_partitions=num_partitions, seed=seed)
-    if partitioner == "dirichlet":
-        return dirichlet_partitions(
-            labels, num_partitions=num_partitions, alpha=dirichlet_alpha, seed=seed
-        )
-    if partitioner == "shards":
-        return shard_partitions(
-            labels, num_partitions=num_partitions, shards_per_client=shards_per_client, seed=seed
-        )
-    raise ValueError(f"unknown partitioner {partitioner!r}: must be one of {PARTITIONERS}")
+    return PARTITIONERS.get(partitioner)(
+        labels,
+        num_partitions=num_partitions,
+        seed=seed,
+        dirichlet_alpha=dirichlet_alpha,
+        shards_per_client=shards_per_client,
+    )
 
 
 def _check_counts(num_examples: int, num_parts: int) -> None:
@@ -111,3 +129,30 @@ def _check_counts(num_examples: int, num_parts: int) -> None:
         raise ValueError(
             f"cannot split {num_examples} examples into {num_parts} non-empty parts"
         )
+
+
+# The registered partitioners: the functions above, each taking the options it uses.
+def _iid(labels: np.ndarray, *, num_partitions: int, seed: int, **_: object) -> list[np.ndarray]:
+    return iid_partitions(len(labels), num_partitions=num_partitions, seed=seed)
+
+
+def _dirichlet(
+    labels: np.ndarray, *, num_partitions: int, seed: int, dirichlet_alpha: float, **_: object
+) -> list[np.ndarray]:
+    return dirichlet_partitions(
+        labels, num_partitions=num_partitions, alpha=dirichlet_alpha, seed=seed
+    )
+
+
+def _shards(
+    labels: np.ndarray, *, num_partitions: int, seed: int, shards_per_client: int, **_: object
+) -> list[np.ndarray]:
+    return shard_partitions(
+        labels, num_partitions=num_partitions, shards_per_client=shards_per_client, seed=seed
+    )
+
+
+PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
+PARTITIONERS.register("iid", _iid)
+PARTITIONERS.register("dirichlet", _dirichlet)
+PARTITIONERS.register("shards", _shards)

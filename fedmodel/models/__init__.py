@@ -1,15 +1,33 @@
-"""Models, chosen by name; input shape and class count come from the data."""
+"""Models, chosen by name (run-config ``model``); input shape and class count come from the data.
+
+A model is a module with a builder ``(*, input_shape, num_classes, hidden_sizes) -> nn.Module``
+whose docstring says what ``hidden_sizes`` (run-config ``hidden-sizes``) means for it, and
+one line here registering the builder in :data:`MODELS`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from torch import nn
 
-from fedmodel.models.cnn import CNN
-from fedmodel.models.mlp import MLP
+from fedmodel.models.cnn import CNN, build_cnn
+from fedmodel.models.mlp import MLP, build_mlp
+from fedmodel.registry import Registry
 
-MODEL_NAMES = ("mlp", "cnn")
+
+class ModelBuilder(Protocol):
+    """Builds a model for examples of ``input_shape`` and ``num_classes`` output logits."""
+
+    def __call__(
+        self, *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int]
+    ) -> nn.Module: ...
+
+
+MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS.register("mlp", build_mlp)
+MODELS.register("cnn", build_cnn)
 
 
 def build_model(
@@ -21,14 +39,11 @@ def build_model(
 ) -> nn.Module:
     """Build the model called ``name`` for inputs of ``input_shape`` and ``num_classes``.
 
-    ``hidden_sizes`` sets the MLP's hidden layers; the CNN uses its last entry as the
-    width of its hidden linear layer.
+    What ``hidden_sizes`` sets is the registered builder's to say (see :data:`MODELS`).
+    An unknown ``name`` raises ``ValueError`` naming the known models.
     """
-    if name == "mlp":
-        return MLP(input_shape=input_shape, num_classes=num_classes, hidden_sizes=hidden_sizes)
-    if name == "cnn":
-        return CNN(input_shape=input_shape, num_classes=num_classes, hidden_size=hidden_sizes[-1])
-    raise ValueError(f"unknown model {name!r}: must be one of {', '.join(MODEL_NAMES)}")
+    builder = MODELS.get(name)
+    return builder(input_shape=input_shape, num_classes=num_classes, hidden_sizes=hidden_sizes)
 
 
-__all__ = ["CNN", "MLP", "MODEL_NAMES", "build_model"]
+__all__ = ["CNN", "MLP", "MODELS", "ModelBuilder", "build_model"]

@@ -72,6 +72,14 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+def build_cnn(
+    *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int]
+) -> CNN:
+    """The ``cnn`` model: its conv blocks are fixed; of ``hidden_sizes`` only the last entry
+    is used, as the width of the hidden linear layer before the head."""
+    return CNN(input_shape=input_shape, num_classes=num_classes, hidden_size=hidden_sizes[-1])
+
+
 def _num_groups(channels: int) -> int:
     """The largest group count <= 8 that divides ``channels``."""
     return math.gcd(channels, 8) or 1

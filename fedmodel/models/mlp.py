@@ -35,3 +35,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+def build_mlp(
+    *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int]
+) -> MLP:
+    """The ``mlp`` model: ``hidden_sizes`` is the width of each hidden layer, in order."""
+    return MLP(input_shape=input_shape, num_classes=num_classes, hidden_sizes=hidden_sizes)

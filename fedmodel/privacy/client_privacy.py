@@ -27,7 +27,7 @@ from fedmodel.privacy.calibration import BudgetSpent, noise_for_target_epsilon
 from fedmodel.privacy.ledger import PrivacyLedger, epsilon_of
 from fedmodel.privacy.ledger_store import LedgerStore, data_key
 from fedmodel.privacy.node_policy import NodePolicy, PolicyRefusal
-from fedmodel.training.poisson_sampling import steps_per_epoch_for
+from fedmodel.privacy.sampling_plan import steps_per_epoch_for
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+
 NOISE_SOURCES = ("secure", "seeded")
-SUPPORTED_ACCOUNTANTS = ("rdp", "prv")
 SIMULATED_NODES_ENV = "FEDMODEL_SIMULATED_NODES"
 POLICY_KEYS = (
     "simulated",
@@ -77,7 +78,7 @@ class NodePolicy:
     require_dp: bool = True
     min_noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
-    allowed_accountants: tuple[str, ...] = SUPPORTED_ACCOUNTANTS
+    allowed_accountants: tuple[str, ...] = tuple(ACCOUNTANT_NAMES)
     state_dir: str = ""
     data_id: str = ""
 
@@ -97,11 +98,11 @@ class NodePolicy:
                 f"node-config key 'max-epsilon' = {self.max_epsilon!r} is out of range: "
                 "must be > 0"
             )
-        unknown = [a for a in self.allowed_accountants if a not in SUPPORTED_ACCOUNTANTS]
+        unknown = [a for a in self.allowed_accountants if a not in ACCOUNTANT_NAMES]
         if unknown or not self.allowed_accountants:
             raise ValueError(
                 f"node-config key 'allowed-accountants' = {','.join(self.allowed_accountants)!r}"
-                f" must list some of {', '.join(SUPPORTED_ACCOUNTANTS)}"
+                f" must list some of {', '.join(ACCOUNTANT_NAMES)}"
             )
 
     @classmethod
@@ -114,7 +115,7 @@ class NodePolicy:
         """
         environ = os.environ if environ is None else environ
         simulated = _flag(node_config, "simulated", environ.get(SIMULATED_NODES_ENV) == "1")
-        accountants = node_config.get("allowed-accountants", ",".join(SUPPORTED_ACCOUNTANTS))
+        accountants = node_config.get("allowed-accountants", ",".join(ACCOUNTANT_NAMES))
         if not isinstance(accountants, str):
             raise ValueError("node-config key 'allowed-accountants' must be a string, e.g. 'rdp'")
         return cls(

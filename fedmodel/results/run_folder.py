@@ -78,11 +78,9 @@ def privacy_header(config: RunConfig) -> str:
     if not config.dp:
         return "DP off: plain SGD, no privacy guarantee (ε = ∞)."
     return (
-        f"ε: record-level DP per client, cumulative over every DP-SGD step on its data "
-        "(all runs, on a node that keeps a ledger), "
+        f"ε: record-level DP per client, composed over every DP-SGD step on its data, "
         f"{ACCOUNTANT_NAMES[config.accountant]} accountant, δ = {config.delta:g}; noise and "
-        "Poisson sampling drawn on each node from its node-config noise-source (secure, "
-        "unknown to the server, unless the node is simulated)"
+        "batches drawn by each node from its own noise-source"
     )
 
 

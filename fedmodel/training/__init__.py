@@ -1,12 +1,13 @@
 """Private local training and evaluation."""
 
+# The sampler's rate and step count (defined with the privacy accounting they feed).
+from fedmodel.privacy.sampling_plan import sample_rate_for, steps_per_epoch_for
 from fedmodel.training.local_training import (
     LocalTrainingResult,
     TrainingSettings,
     evaluate,
     train_locally,
 )
-from fedmodel.training.poisson_sampling import sample_rate_for, steps_per_epoch_for
 
 __all__ = [
     "LocalTrainingResult",

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedmodel.privacy.ledger import PrivacyLedger
 from fedmodel.privacy.node_policy import NOISE_SOURCES
+from fedmodel.privacy.sampling_plan import sample_rate_for
 from fedmodel.privacy.secure_randomness import SecureRandomness
-from fedmodel.training.poisson_sampling import poisson_loader, sample_rate_for
+from fedmodel.training.poisson_sampling import poisson_loader
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
 

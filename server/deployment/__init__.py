@@ -1,5 +1,8 @@
 """Deployment on Flower's own runtime: SuperLink, SuperNodes, TLS and node keys.
 
-``local_federation`` starts a whole federation on loopback (``fedmodel deploy-local``);
-``certificates`` and ``node_keys`` make the files a real, multi-machine deployment needs.
+``deploy_local`` runs one job on a whole federation on loopback (``fedmodel deploy-local``),
+``local_federation`` starts and stops that federation, ``flwr_cli`` drives Flower's ``flwr``
+command, ``flower_processes`` starts, watches and stops Flower's processes,
+``warm_executor`` is the warm task launcher; ``certificates`` and ``node_keys`` make the
+files a real, multi-machine deployment needs.
 """

@@ -2,175 +2,44 @@
 
 Every process is Flower's own runtime (``flower-superlink``, ``flower-supernode``, ``flwr
 run``), started exactly as the README's "Deploy" section starts them by hand; this module
-only picks free ports, writes the ``flwr`` CLI's connection into a private ``FLWR_HOME``,
-waits for the SuperNodes to connect, and stops every process it started (by process
-group, so Flower's own children go too) when the federation ends, fails or is
-interrupted. It serves ``fedmodel deploy-local``, the deployment tests and benchmarks.
+only picks free ports, points the ``flwr`` CLI at the SuperLink from a private
+``FLWR_HOME``, waits for the SuperNodes to connect, and stops every process it started (by
+process group, so Flower's own children go too) when the federation ends, fails or is
+interrupted. It serves ``fedmodel deploy-local`` (:mod:`server.deployment.deploy_local`),
+the deployment tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import signal
-import socket
-import ssl
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server.deployment.certificates import CertificatePaths, make_certificates
+from server.deployment.flower_processes import (
+    LOOPBACK,
+    DeploymentError,
+    ManagedProcess,
+    config_arg,
+    flower_env,
+    flower_executable,
+    free_port,
+    wait_for_health,
+)
+from server.deployment.flwr_cli import FlwrCli, RunOutcome, stage_app
 from server.deployment.node_keys import make_node_keys
 
-if TYPE_CHECKING:
-    from fedmodel.results import RoundMetrics
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONNECTION = "fedmodel-local"
-LOOPBACK = "127.0.0.1"
 # Flower's per-message ClientApp launcher (flower-superexec) polls its SuperNode for
 # work every second by default; on loopback a tenth of that costs nothing.
 SUPEREXEC_POLL_INTERVAL_S = "0.1"
-
-
-class DeploymentError(RuntimeError):
-    """A process of the local federation failed to start, or a run did not finish."""
-
-
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every Flower process: private home, no telemetry, our venv first."""
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_SUPEREXEC_TASK_POLL_INTERVAL=SUPEREXEC_POLL_INTERVAL_S,
-        PYTHONUNBUFFERED="1",
-    )
-    # Flower starts its helpers (flower-superexec, flwr-clientapp, flwr-serverapp) by
-    # name: they must come from the environment fedmodel is installed in.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.update(extra or {})
-    return env
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def flower_executable(name: str) -> str:
-    """Path of a Flower command installed next to this Python."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise DeploymentError(f"{name} not found next to {sys.executable}; is flwr installed?")
-    return str(path)
-
-
-class ManagedProcess:
-    """A process started in its own process group, with its output in a log file."""
-
-    def __init__(
-        self,
-        name: str,
-        args: Sequence[str],
-        *,
-        log_path: Path,
-        env: Mapping[str, str],
-        cwd: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.args = list(args)
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def signal_group(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to the process and every child it started (its process group)."""
-        try:
-            os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the whole group at once, as a crash would, and reap the process."""
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after ``timeout`` seconds."""
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        # Children may outlive their parent's graceful exit: kill the group regardless.
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait()
-
-    def wait_for_log(self, pattern: str, *, timeout: float, count: int = 1) -> re.Match[str]:
-        """Wait until ``pattern`` occurs ``count`` times in the log; fail if the process exits."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            matches = list(regex.finditer(self.log()))
-            if len(matches) >= count:
-                return matches[count - 1]
-            if not self.alive():
-                raise DeploymentError(
-                    f"{self.name} exited with code {self.popen.returncode} before "
-                    f"printing {pattern!r}; its log ({self.log_path}) ends:\n{_tail(self.log())}"
-                )
-            if time.monotonic() > deadline:
-                raise DeploymentError(
-                    f"{self.name} did not print {pattern!r} within {timeout:.0f} s; "
-                    f"its log ({self.log_path}) ends:\n{_tail(self.log())}"
-                )
-            time.sleep(0.1)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What ``flwr run`` reported for one submitted run."""
-
-    run_id: int
-    status: str
-    log: str
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "finished:completed"
+# Every process of the federation, the flwr CLI included: prompt logs, prompt polls.
+LOCAL_ENV = {
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_INTERVAL_S,
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 class LocalFederation:
@@ -236,7 +105,7 @@ class LocalFederation:
         self.nodes: dict[int, ManagedProcess] = {}
         self.executors: dict[int, ManagedProcess] = {}
         self.port: int | None = None
-        self._cli_home = self.work_dir / "flwr-cli"
+        self._cli: FlwrCli | None = None
         self._registered: set[int] = set()
         self._node_starts: dict[int, int] = {}
 
@@ -312,16 +181,19 @@ class LocalFederation:
             args.append("--enable-supernode-auth")
         if self.warm:
             args += ["--isolation", "process"]
-        env = flower_env(self.work_dir / "superlink" / "flwr-home")
+        env = flower_env(self.work_dir / "superlink" / "flwr-home", LOCAL_ENV)
         log_path = self.work_dir / "logs" / "superlink.log"
         self.superlink = ManagedProcess("SuperLink", args, log_path=log_path, env=env)
+        ca_cert = self.certificates.ca_cert if self.tls else None
         if self.warm:  # the ServerApp of each run: the SuperLink's Runtime API, same port
-            tls = ["--root-certificates", str(self.certificates.ca_cert)] if self.tls else []
+            tls = ["--root-certificates", str(ca_cert)] if ca_cert else []
             self.executors[-1] = self._start_executor(
                 "ServerApp executor", self.address, tls, self.superlink, env, log_path
             )
-        self._write_cli_config()
-        self._wait_for_health()
+        self._cli = FlwrCli(
+            self.work_dir / "flwr-cli", self.address, root_certificates=ca_cert, env=LOCAL_ENV
+        )
+        wait_for_health(self.superlink, self.address, timeout=self.startup_timeout, ca_cert=ca_cert)
 
     def _start_executor(
         self,
@@ -349,44 +221,6 @@ class LocalFederation:
             env=env,
         )
 
-    def _write_cli_config(self) -> None:
-        """Point the ``flwr`` CLI at this SuperLink: ``$FLWR_HOME/config.toml``."""
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
-        lines.append(f'address = "{self.address}"')
-        if self.tls:
-            lines.append(f"root-certificates = {json.dumps(str(self.certificates.ca_cert))}")
-        else:
-            lines.append("insecure = true")
-        self._cli_home.mkdir(parents=True, exist_ok=True)
-        (self._cli_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    def _wait_for_health(self) -> None:
-        assert self.superlink is not None
-        scheme = "https" if self.tls else "http"
-        context = (
-            ssl.create_default_context(cafile=str(self.certificates.ca_cert)) if self.tls else None
-        )
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"{scheme}://{self.address}/health", timeout=2, context=context
-                ) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
-                pass
-            if not self.superlink.alive():
-                raise DeploymentError(
-                    f"the SuperLink exited with code {self.superlink.popen.returncode}; "
-                    f"its log ends:\n{_tail(self.superlink.log())}"
-                )
-            if time.monotonic() > deadline:
-                raise DeploymentError(
-                    f"the SuperLink did not answer within {self.startup_timeout} s"
-                )
-            time.sleep(0.1)
-
     # -- SuperNodes -------------------------------------------------------------------
 
     def node_dir(self, index: int) -> Path:
@@ -413,7 +247,7 @@ class LocalFederation:
     def register_node(self, index: int) -> None:
         """``flwr supernode register`` node ``index``'s public key with the SuperLink."""
         key = self.node_key(index)
-        self.flwr("supernode", "register", f"{key}.pub", CONNECTION, "--name", f"node-{index}")
+        self.cli.register(Path(f"{key}.pub"), f"node-{index}")
         self._registered.add(index)
 
     def start_node(self, index: int, *, register: bool = True, wait: bool = True) -> ManagedProcess:
@@ -430,7 +264,7 @@ class LocalFederation:
             "--port",
             str(runtime_port),
             "--node-config",
-            format_node_config(self.node_config(index)),
+            config_arg(self.node_config(index)),
         ]
         if self.warm:
             args += ["--isolation", "process"]
@@ -447,7 +281,7 @@ class LocalFederation:
         suffix = "" if starts == 1 else f"-restart{starts - 1}"
         self.node_dir(index).mkdir(parents=True, exist_ok=True)
         threads = {"OMP_NUM_THREADS": str(self.node_threads)}
-        env = flower_env(self.node_dir(index) / "flwr-home", threads)
+        env = flower_env(self.node_dir(index) / "flwr-home", {**LOCAL_ENV, **threads})
         log_path = self.work_dir / "logs" / f"node-{index}{suffix}.log"
         self.nodes[index] = node = ManagedProcess(
             f"SuperNode {index}", args, log_path=log_path, env=env, cwd=self.node_dir(index)
@@ -476,29 +310,14 @@ class LocalFederation:
         if index in self.executors:
             self.executors[index].kill()
 
-    # -- the flwr CLI -----------------------------------------------------------------
+    # -- runs -------------------------------------------------------------------------
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """Run a ``flwr`` CLI command against this SuperLink; raise on failure."""
-        result = subprocess.run(
-            [flower_executable("flwr"), *args],
-            capture_output=True,
-            text=True,
-            env=flower_env(self._cli_home),
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            raise DeploymentError(
-                f"`flwr {' '.join(args)}` failed with code {result.returncode}:\n"
-                f"{_tail(result.stdout + result.stderr)}"
-            )
-        return result
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        """The SuperLink's view of the nodes (``flwr supernode list --format json``)."""
-        out = self.flwr("supernode", "list", CONNECTION, "--format", "json").stdout
-        return list(json.loads(out[out.index("{") :])["nodes"])
+    @property
+    def cli(self) -> FlwrCli:
+        """The ``flwr`` CLI, pointed at this federation's SuperLink."""
+        if self._cli is None:
+            raise DeploymentError("the SuperLink is not started")
+        return self._cli
 
     def submit(
         self,
@@ -507,179 +326,7 @@ class LocalFederation:
         timeout: float | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> RunOutcome:
-        """Submit a run with ``flwr run --stream``, stream its log, wait until it ends.
+        """Submit a run of the app in ``app_dir``; see :meth:`FlwrCli.submit`."""
+        app = stage_app(self.app_dir, self.work_dir / "app")
+        return self.cli.submit(app, run_config, timeout=timeout, on_line=on_line)
 
-        Parameters
-        ----------
-        run_config : mapping, optional
-            Run-config overrides (kebab-case keys, as in ``pyproject.toml``).
-        timeout : float, optional
-            Seconds to wait; past them the run is stopped (``flwr stop``) and this raises.
-        on_line : callable, optional
-            Called with every line of the run's log as it arrives.
-        """
-        with tempfile.NamedTemporaryFile(
-            "w", suffix=".toml", dir=self.work_dir, delete=False, encoding="utf-8"
-        ) as overrides:
-            overrides.write(_to_toml(run_config or {}))
-        args = [
-            flower_executable("flwr"),
-            "run",
-            str(self.stage_app()),
-            CONNECTION,
-            "--stream",
-            "--run-config",
-            overrides.name,
-        ]
-        lines: list[str] = []
-        run_id: int | None = None
-        process = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=flower_env(self._cli_home),
-            start_new_session=True,
-        )
-        timer = None
-        timed_out = threading.Event()
-        if timeout is not None:
-
-            def _expire() -> None:
-                timed_out.set()
-                os.killpg(process.pid, signal.SIGKILL)
-
-            timer = threading.Timer(timeout, _expire)
-            timer.start()
-        try:
-            assert process.stdout is not None
-            for line in process.stdout:
-                lines.append(line)
-                if run_id is None and (match := re.search(r"started run (\d+)", line)):
-                    run_id = int(match.group(1))
-                if on_line is not None:
-                    on_line(line)
-            process.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if process.poll() is None:  # interrupted: do not leave `flwr run` behind
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            Path(overrides.name).unlink(missing_ok=True)
-        log = "".join(lines)
-        if run_id is None:
-            raise DeploymentError(
-                f"`flwr run` did not start a run (code {process.returncode}):\n{_tail(log)}"
-            )
-        if timed_out.is_set():
-            self.flwr("stop", str(run_id), CONNECTION)
-            raise DeploymentError(f"run {run_id} did not finish within {timeout} s")
-        return RunOutcome(run_id=run_id, status=self.run_status(run_id), log=log)
-
-    def stage_app(self) -> Path:
-        """A copy of the app with only what its FAB holds, to submit with ``flwr run``.
-
-        ``flwr run DIR`` walks all of DIR before filtering, ``.venv`` included (seconds
-        for a torch install); the copy has ``pyproject.toml``, ``.gitignore`` and the
-        top-level Python packages only.
-        """
-        staged = self.work_dir / "app"
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
-        for name in ("pyproject.toml", ".gitignore"):
-            if (self.app_dir / name).exists():
-                shutil.copy2(self.app_dir / name, staged / name)
-        for package in sorted(self.app_dir.iterdir()):
-            if (package / "__init__.py").is_file() and not package.name.startswith("."):
-                shutil.copytree(
-                    package, staged / package.name, ignore=shutil.ignore_patterns("__pycache__")
-                )
-        return staged
-
-    def run_status(self, run_id: int) -> str:
-        """E.g. ``"finished:completed"`` or ``"finished:failed"`` (``flwr list``)."""
-        out = self.flwr("list", "--run-id", str(run_id), CONNECTION, "--format", "json").stdout
-        runs = json.loads(out[out.index("{") :])["runs"]
-        return str(runs[0]["status"])
-
-
-def format_node_config(config: Mapping[str, Any]) -> str:
-    """A ``--node-config`` value: space-separated ``key=value`` with TOML values."""
-    return " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
-
-
-def _to_toml(values: Mapping[str, Any]) -> str:
-    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items())
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-@dataclass(frozen=True)
-class DeploymentResult:
-    """Where a deployed run wrote its folder, what each round measured, how it ended."""
-
-    run_dir: Path
-    rounds: list[RoundMetrics]
-    run_id: int
-    status: str
-    work_dir: Path
-
-    @property
-    def final(self) -> RoundMetrics:
-        return self.rounds[-1]
-
-
-def deploy_local(
-    run_config: Mapping[str, Any],
-    *,
-    num_clients: int,
-    work_dir: str | os.PathLike[str],
-    tls: bool = False,
-    auth: bool = False,
-    warm: bool = True,
-    timeout: float | None = None,
-    on_line: Callable[[str], None] | None = None,
-) -> DeploymentResult:
-    """Run one federated job on a local federation of ``num_clients`` SuperNodes.
-
-    Starts the federation in ``work_dir``, submits the run with ``run_config`` (a
-    ``run-dir`` is chosen under ``work_dir/runs`` unless given), streams its log to
-    ``on_line`` and stops every process before returning, also on failure or Ctrl-C.
-    """
-    from fedmodel.config import RunConfig
-    from fedmodel.results import default_run_dir, load_metrics
-
-    config = RunConfig.from_mapping(run_config)  # fail before starting anything
-    work = Path(work_dir).resolve()
-    run_dir = Path(config.run_dir or default_run_dir(config, root=work / "runs")).resolve()
-    overrides = {**run_config, "run-dir": str(run_dir)}
-    # A deployed node reads data locations from its own node config only (the server's
-    # run config cannot point it at files); here the user runs every node, so each gets
-    # the run's data-dir as its own.
-    node_data = {"data-dir": os.path.abspath(config.data_dir)} if config.data_dir else {}
-    with LocalFederation(
-        work,
-        num_nodes=num_clients,
-        tls=tls,
-        auth=auth,
-        warm=warm,
-        node_configs=[dict(node_data) for _ in range(num_clients)],
-    ) as federation:
-        outcome = federation.submit(overrides, timeout=timeout, on_line=on_line)
-    rounds = load_metrics(run_dir) if (run_dir / "metrics.json").exists() else []
-    return DeploymentResult(
-        run_dir=run_dir, rounds=rounds, run_id=outcome.run_id, status=outcome.status, work_dir=work
-    )

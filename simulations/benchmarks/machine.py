@@ -1,4 +1,9 @@
-"""What every benchmark prints first: the machine, the versions, the command; and a table."""
+"""Helpers shared by the benchmarks (not a benchmark itself).
+
+What every benchmark prints first (the machine, the versions, the command), a table, where
+optional inputs live (the MNIST folder) and the one-line ``skipped: <reason>`` that a smoke
+run prints when such an optional input is genuinely absent.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,55 @@ import shlex
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR_ENV = "FEDMODEL_DATA_DIR"
+# The folder beside the repository that holds the downloaded datasets on the development
+# machines (``fedmodel download mnist --data-dir ...``); elsewhere set FEDMODEL_DATA_DIR.
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+SMOKE_HELP = "a few seconds' tiny run that fails (exit != 0) if the benchmarked code is broken"
+
+
+def fedmodel_command(*args: str) -> list[str]:
+    """The command line of ``fedmodel ARGS`` run by this Python.
+
+    It calls the entry point that ``[project.scripts]`` names (``simulations.cli:main``),
+    so it works whether or not the ``fedmodel`` script is installed.
+    """
+    return [
+        sys.executable,
+        "-u",
+        "-c",
+        "import sys; from simulations.cli import main; sys.exit(main())",
+        *args,
+    ]
+
+
+def default_data_dir() -> str:
+    """Where MNIST's ``mnist.npz`` is looked for: ``$FEDMODEL_DATA_DIR``, else ../shared/data."""
+    return os.environ.get(DATA_DIR_ENV) or str(DEFAULT_DATA_DIR)
+
+
+def data_dir_help() -> str:
+    return (
+        f"folder with mnist.npz (default: ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR}; "
+        "create it with `fedmodel download mnist --data-dir DIR`)"
+    )
+
+
+def has_mnist(data_dir: str) -> bool:
+    return Path(data_dir, "mnist.npz").is_file()
+
+
+def skipped(reason: str) -> int:
+    """Say why a smoke run did nothing, on the one line the smoke runner reads; exit code 0.
+
+    Only for a genuinely absent optional input (pfl-research's environment, a dataset
+    file): anything that is there and fails must fail the run.
+    """
+    print(f"skipped: {reason}", flush=True)
+    return 0
 
 
 def machine_description() -> str:
@@ -33,7 +87,11 @@ def machine_description() -> str:
 
 def header(title: str) -> str:
     """Title, date, machine and the exact command, one per line."""
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
+    # Run with -m, sys.argv[0] is the module's absolute path: name the module instead.
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    words = [os.path.relpath(sys.executable), *program, *sys.argv[1:]]
+    command = " ".join(shlex.quote(a) for a in words)
     return "\n".join(
         [
             f"# {title}",

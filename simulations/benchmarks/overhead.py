@@ -1,14 +1,17 @@
-"""Benchmark (a): harness overhead of the in-process engine against a bare PyTorch loop.
+"""Benchmark: harness overhead of the in-process engine against a bare PyTorch loop.
 
 The bare loop does exactly the client training the harness does, in one process, with
 no Flower: the same data and partitions (``fedmodel.data``), the same model, the same
 client sampling (``random.sample`` seeded as the ServerApp seeds it), the same seeds
-per (round, client), the same DP-SGD through Opacus (Poisson sampling, clip, noise,
-a privacy ledger per client queried for ε after each client's training, as the
-ClientApp does), FedAvg weighted by examples in Flower's order, and the same central
-evaluation on the test set after each round. With the same seed both end with the
-same weights: the table shows the largest difference as a check that the work is the
-same.
+per (round, client), the same DP-SGD through Opacus as ``train_locally`` (Poisson
+sampling, the run config's ``grad-sample-mode`` with the criterion handed to
+``make_private``, summed loss over the expected batch size, clip, noise, a privacy
+ledger per client queried for ε after each client's training, as the ClientApp does),
+FedAvg in Flower's order weighted as the ClientApp reports (examples; under DP the
+public ceil(N / B) * B), and the same central evaluation on the test set after each
+round. With the same seed both end with the same weights: the table shows the largest
+difference as a check that the work is the same, and the run fails (exit 1) if they
+differ.
 
 Measured, per workload, in this one process (alternating harness and bare runs):
 
@@ -21,11 +24,16 @@ And in fresh subprocesses (imports included, goal < 3 s): the time from process 
 to the first round's training (harness: ``fedmodel simulate``; bare: this file's
 ``--bare-startup`` probe).
 
-Run (not part of CI; MNIST needs ../shared/data/mnist.npz, else only digits)::
+Run (MNIST workloads need mnist.npz in ``--data-dir``/``$FEDMODEL_DATA_DIR``, default
+../shared/data; else only digits)::
 
     .venv/bin/python -m simulations.benchmarks.overhead            # all workloads
     .venv/bin/python -m simulations.benchmarks.overhead --quick    # fewer rounds
+    .venv/bin/python -m simulations.benchmarks.overhead --smoke    # CI: digits, 2 rounds
     .venv/bin/python -m simulations.benchmarks.overhead --profile mnist-cnn-dp
+
+``--smoke`` runs both digits workloads for 2 rounds once each side, without the start-up
+probes, and fails if the harness or the bare loop crashes or their weights differ.
 """
 
 from __future__ import annotations
@@ -43,10 +51,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulations.benchmarks.machine import (
+    SMOKE_HELP,
+    data_dir_help,
+    default_data_dir,
+    fedmodel_command,
+    has_mnist,
+)
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-DATA_DIR = "../shared/data"
+# Harness and bare loop must end with the same weights (bit-identical so far).
+SAME_WEIGHTS_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -57,8 +74,15 @@ class Workload:
     rounds: int
 
 
-def workloads(rounds: int, *, data_dir: str = DATA_DIR) -> list[Workload]:
-    """The workloads of the issue: MNIST CNN 100 clients (10 per round), digits MLP."""
+def workloads(
+    rounds: int, *, data_dir: str | None = None, digits_rounds: int | None = None
+) -> list[Workload]:
+    """MNIST CNN, 100 clients (10 per round), if mnist.npz is there; digits MLP, 10 clients.
+
+    Each with and without DP. Digits rounds are short, so they run ``digits_rounds``
+    (default ``3 * rounds``) rounds.
+    """
+    data_dir = default_data_dir() if data_dir is None else data_dir
     mnist = {
         "dataset": "mnist",
         "data-dir": data_dir,
@@ -71,13 +95,14 @@ def workloads(rounds: int, *, data_dir: str = DATA_DIR) -> list[Workload]:
         "target-epsilon": 0,  # the same σ in both (no per-client calibration)
     }
     digits = {"dataset": "digits", "model": "mlp", "target-epsilon": 0}
-    found = Path(data_dir, "mnist.npz").is_file()
+    found = has_mnist(data_dir)
+    digits_rounds = 3 * rounds if digits_rounds is None else digits_rounds
     chosen = []
     for dp in (True, False):
         suffix = "-dp" if dp else ""
         if found:
             chosen.append(Workload(f"mnist-cnn{suffix}", 100, {**mnist, "dp": dp}, rounds))
-        chosen.append(Workload(f"digits-mlp{suffix}", 10, {**digits, "dp": dp}, 3 * rounds))
+        chosen.append(Workload(f"digits-mlp{suffix}", 10, {**digits, "dp": dp}, digits_rounds))
     return chosen
 
 
@@ -102,7 +127,11 @@ def harness_round_times(workload: Workload, root: Path):
 
 
 def bare_round_times(workload: Workload, *, on_first_round=None):
-    """The same federated job as a plain loop: Opacus + PyTorch + numpy FedAvg."""
+    """The same federated job as a plain loop: Opacus + PyTorch + numpy FedAvg.
+
+    Client training is ``fedmodel.training.train_locally`` written out: keep the two in
+    step (the weight check in :func:`measure` fails when they drift apart).
+    """
     import numpy as np
     import torch
     from opacus import PrivacyEngine
@@ -114,6 +143,7 @@ def bare_round_times(workload: Workload, *, on_first_round=None):
     from fedmodel.models import build_model
     from fedmodel.privacy import PrivacyLedger
     from fedmodel.training import evaluate
+    from fedmodel.training.poisson_sampling import poisson_loader
 
     config = RunConfig.from_mapping({**workload.config, "num-server-rounds": workload.rounds})
     random.seed(config.seed)  # as the ServerApp: Flower samples clients with `random`
@@ -150,29 +180,46 @@ def bare_round_times(workload: Workload, *, on_first_round=None):
             expected_batch = len(dataset) / batches
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)
-            loader = DataLoader(
-                dataset, batch_size=config.batch_size, shuffle=not config.dp, generator=generator
-            )
+            if config.dp:
+                # As train_locally: fedmodel's Poisson sampler (ceil(N / B) batches at rate
+                # 1 / ceil(N / B)) drawing from the seeded generator, Opacus's draw.
+                loader = poisson_loader(
+                    dataset,
+                    batch_size=config.batch_size,
+                    bernoulli=lambda n, p, g=generator: torch.rand(n, generator=g) < p,
+                )
+            else:
+                loader = DataLoader(
+                    dataset, batch_size=config.batch_size, shuffle=True, generator=generator
+                )
             optimizer = torch.optim.SGD(
                 model.parameters(), lr=config.learning_rate, momentum=config.momentum
             )
-            criterion = nn.CrossEntropyLoss(reduction="sum")
-            trained = model
+            criterion: nn.Module = nn.CrossEntropyLoss(reduction="sum")
+            trained: nn.Module = model
             model.train()
             if config.dp:
-                engine = PrivacyEngine(accountant="rdp")
+                engine = PrivacyEngine(accountant=ledgers[cid].accountant_name)
                 engine.accountant = ledgers[cid].accountant
-                trained, optimizer, loader = engine.make_private(
+                # As train_locally: the criterion goes to make_private, which in ghost mode
+                # (the default) wraps it to drive ghost clipping's second backward pass and
+                # returns it as a fourth value; the other modes return three.
+                prepared = engine.make_private(
                     module=model,
                     optimizer=optimizer,
+                    criterion=criterion,
                     data_loader=loader,
                     noise_multiplier=config.noise_multiplier,
                     max_grad_norm=config.max_grad_norm / expected_batch,
                     loss_reduction="sum",
-                    poisson_sampling=True,
+                    poisson_sampling=False,  # the loader above samples, as in train_locally
                     grad_sample_mode=config.grad_sample_mode,
                     noise_generator=torch.Generator().manual_seed(seed + 1),
                 )
+                if config.grad_sample_mode == "ghost":
+                    trained, optimizer, criterion, loader = prepared
+                else:
+                    trained, optimizer, loader = prepared
             trained.train()
             for _ in range(config.local_epochs):
                 for x, y in loader:
@@ -181,10 +228,14 @@ def bare_round_times(workload: Workload, *, on_first_round=None):
                     loss.backward()
                     optimizer.step()
             if config.dp:
-                trained._close()
+                if hasattr(trained, "_close"):
+                    trained._close()  # unhook Opacus, as train_locally does
                 ledgers[cid].epsilon()  # ε reported per client, as the ClientApp does
             state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-            updates.append((len(dataset), state))
+            # FedAvg weight as the ClientApp reports it: under DP the public ceil(N / B) * B
+            # (implied by the ledger's q and steps), not the private N.
+            weight = batches * config.batch_size if config.dp else len(dataset)
+            updates.append((weight, state))
         total = sum(n for n, _ in updates)
         average: dict[str, np.ndarray] = {}
         for n, state in updates:  # Flower's aggregate_arrayrecords, same order and dtype
@@ -203,7 +254,7 @@ def bare_round_times(workload: Workload, *, on_first_round=None):
 # -- start-up in a fresh process ------------------------------------------------------------
 
 
-def startup_seconds(workload: Workload, *, bare: bool) -> float:
+def startup_seconds(workload: Workload, *, bare: bool, data_dir: str) -> float:
     """Seconds from starting a fresh Python to the start of round 1's client training."""
     if bare:
         command = [
@@ -211,21 +262,15 @@ def startup_seconds(workload: Workload, *, bare: bool) -> float:
             "-u",
             "-m",
             "simulations.benchmarks.overhead",
+            "--data-dir",
+            data_dir,
             "--bare-startup",
             workload.name,
         ]
     else:
-        command = [
-            sys.executable,
-            "-u",
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--clients",
-            str(workload.clients),
-            "--no-plots",
-            "--no-progress",
-        ]
+        command = fedmodel_command(
+            "simulate", "--clients", str(workload.clients), "--no-plots", "--no-progress"
+        )
         config = {**workload.config, "num-server-rounds": 1}
         for key, value in config.items():
             text = str(value).lower() if isinstance(value, bool) else repr(value)
@@ -261,7 +306,7 @@ def import_breakdown() -> list[tuple[str, float]]:
     package says where start-up goes (the package that *triggers* an import is shown by
     ``-X importtime`` itself, e.g. Opacus pulling in scipy.stats and sympy).
     """
-    modules = "simulations.cli, simulations.progress, simulations.simulate"
+    modules = "simulations.cli, simulations.engines.inprocess"  # the command and its engine
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {modules}"],
         capture_output=True,
@@ -279,8 +324,8 @@ def import_breakdown() -> list[tuple[str, float]]:
     return sorted(seconds.items(), key=lambda item: -item[1])
 
 
-def _bare_startup_probe(name: str) -> None:
-    workload = {w.name: w for w in workloads(1)}[name]
+def _bare_startup_probe(name: str, data_dir: str) -> None:
+    workload = {w.name: w for w in workloads(1, data_dir=data_dir)}[name]
     bare_round_times(workload, on_first_round=lambda: print("FIRST ROUND", flush=True))
 
 
@@ -293,16 +338,18 @@ def measure(workload: Workload, *, repetitions: int, root: Path) -> dict[str, ob
     CPU seconds per round: (CPU of an R-round job - CPU of a 1-round job) / (R - 1), which
     cancels every one-off cost (data, model, round-0 evaluation) and is barely touched by
     other processes' load (one torch thread, so CPU time is the work done). Wall seconds:
-    the fastest of rounds 2..R.
+    the fastest of rounds 2..R. An untimed 1-round job on each side first pays what only
+    the first job in a process pays (lazy imports, the cached dataset), which would
+    otherwise land in the 1-round job alone and make the difference too small.
     """
     one_round = dataclasses.replace(workload, rounds=1)
     cpu: dict[str, list[float]] = {"harness": [], "bare": []}
     wall: dict[str, list[float]] = {"harness": [], "bare": []}
+    sides = (("harness", lambda w: harness_round_times(w, root)), ("bare", bare_round_times))
+    for _, run in sides:
+        run(one_round)
     for _ in range(repetitions):
-        for side, run in (
-            ("harness", lambda w: harness_round_times(w, root)),
-            ("bare", bare_round_times),
-        ):
+        for side, run in sides:
             started = time.process_time()
             run(one_round)
             short = time.process_time() - started
@@ -325,12 +372,13 @@ def measure(workload: Workload, *, repetitions: int, root: Path) -> dict[str, ob
         "ratio (wall)": min(wall["harness"]) / min(wall["bare"]),
         "goal": "<= 1.10",
         "acc harness / bare": f"{h_acc:.4f} / {b_acc:.4f}",
-        "max |Δw|": f"{difference:.1e}",
+        "max |Δw|": difference,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 repetition")
     parser.add_argument("--rounds", type=int, default=5, help="MNIST rounds (digits: 3x)")
     parser.add_argument("--repetitions", type=int, default=2)
@@ -338,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up probes")
     parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile the harness on one")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--data-dir", default=default_data_dir(), help=data_dir_help())
     parser.add_argument("--bare-startup", metavar="WORKLOAD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # As train_locally: seeded noise is what a benchmark wants; hooks on the first layer.
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     if args.bare_startup:
-        _bare_startup_probe(args.bare_startup)
+        _bare_startup_probe(args.bare_startup, args.data_dir)
         return 0
 
     import torch
@@ -356,7 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     rounds, repetitions = (3, 1) if args.quick else (args.rounds, args.repetitions)
-    chosen = [w for w in workloads(rounds) if not args.only or w.name in args.only]
+    digits_rounds = 3 * rounds
+    if args.smoke:
+        # Digits only (an MNIST round takes seconds); 2 rounds is the least that measures.
+        rounds, digits_rounds, repetitions, args.no_startup = 2, 2, 1, True
+    chosen = [
+        w
+        for w in workloads(rounds, data_dir=args.data_dir, digits_rounds=digits_rounds)
+        if not args.only or w.name in args.only
+    ]
+    if args.smoke and not args.only:
+        chosen = [w for w in chosen if w.name.startswith("digits")]
+    if not chosen:
+        print(f"no workload named {' '.join(args.only or [])} (MNIST needs {args.data_dir})")
+        return 2
     if args.profile:
         return _profile({w.name: w for w in chosen}[args.profile])
     print(header("Harness overhead: in-process engine vs bare PyTorch loop"), flush=True)
@@ -368,14 +430,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  measured {workload.name}: CPU ratio {row['ratio (CPU)']:.3f}", flush=True)
     print(
         "\nSteady-state cost per round (CPU: (R-round job - 1-round job) / (R - 1), fastest; "
-        f"{repetitions} repetition(s) of {rounds} rounds; digits: {3 * rounds} rounds)"
+        f"{repetitions} repetition(s) of {rounds} rounds; digits: {digits_rounds} rounds; "
+        f"grad-sample-mode {_grad_sample_mode()} on both sides)"
     )
     print(table(list(rows[0]), [list(r.values()) for r in rows]))
+    diverged = [r["workload"] for r in rows if r["max |Δw|"] > SAME_WEIGHTS_TOLERANCE]
     if not args.no_startup:
         startup = []
         for workload in (w for w in chosen if w.config["dp"]):
-            h = min(startup_seconds(workload, bare=False) for _ in range(3))
-            b = min(startup_seconds(workload, bare=True) for _ in range(3))
+            h, b = (
+                min(startup_seconds(workload, bare=bare, data_dir=args.data_dir) for _ in range(3))
+                for bare in (False, True)
+            )
             startup.append([workload.name, h, b, h / b, "harness < 3 s"])
         print(
             "\nStart-up: fresh process to the start of round 1's training "
@@ -391,7 +457,18 @@ def main(argv: list[str] | None = None) -> int:
                 [[n, s, f"{100 * s / total:.0f}%"] for n, s in packages[:8]],
             )
         )
+    if diverged:
+        # Different weights mean the bare loop no longer does the harness's work, so the
+        # ratios above compare different jobs.
+        print(f"FAILED: harness and bare loop end with different weights on {diverged}")
+        return 1
     return 0
+
+
+def _grad_sample_mode() -> str:
+    from fedmodel.config import RunConfig
+
+    return RunConfig.from_mapping({}).grad_sample_mode
 
 
 def _profile(workload: Workload) -> int:

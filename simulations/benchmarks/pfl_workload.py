@@ -1,11 +1,11 @@
-"""The non-DP MNIST workload of benchmark (c) in pfl-research (run by pfl_compare.py).
+"""Helper of ``pfl_compare.py`` (not a benchmark itself): its non-DP MNIST job in pfl-research.
 
 Runs in pfl's own virtual environment (pfl needs dp-accounting < 0.6, which clashes
 with flwr), so it imports nothing of Flower: only fedmodel's CNN and IID partitioning
 (torch and numpy). Prints one JSON line: wall and CPU seconds of each central iteration,
-the final central test accuracy.
+the final central test accuracy. ``pfl_compare.py`` runs it (its ``--smoke`` too); by hand::
 
-    /work/pflvenv/bin/python simulations/benchmarks/pfl_workload.py --rounds 5
+    $FEDMODEL_PFL_PYTHON simulations/benchmarks/pfl_workload.py --data-dir DIR --rounds 5
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--data-dir", required=True, help="folder with mnist.npz")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:

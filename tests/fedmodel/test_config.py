@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 
 from fedmodel.config import ConfigError, RunConfig
+from fedmodel.data import DATASETS, PARTITIONERS
+from fedmodel.models import MODELS
+from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+from fedmodel.training.local_training import GRAD_SAMPLE_MODES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +47,106 @@ def test_invalid_values_name_key_value_and_range(key, value, message):
     assert message in str(error.value)
 
 
+KNOWN_KEYS = ", ".join(sorted(RunConfig().to_mapping()))
+
+
 def test_unknown_key_is_refused_with_the_known_keys():
-    with pytest.raises(
-        ConfigError, match="unknown run-config key 'num-rounds'; known keys: .*num-server-rounds"
-    ):
-        RunConfig.from_mapping({"num-rounds": 3})
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({"zzz": 3})
+    assert str(error.value) == f"unknown run-config key 'zzz'; known keys: {KNOWN_KEYS}"
+
+
+@pytest.mark.parametrize(
+    ("key", "near"),
+    [
+        ("num-server-round", "num-server-rounds"),
+        ("num-rounds", "num-server-rounds"),
+        ("learning_rat", "learning-rate"),
+    ],
+)
+def test_unknown_key_first_suggests_the_near_miss(key, near):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({key: 3})
+    assert str(error.value) == (
+        f"unknown run-config key '{key}'; did you mean '{near}'? known keys: {KNOWN_KEYS}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "sizes"),
+    [
+        (64, "64", (64,)),
+        ("64,64", "64,64", (64, 64)),
+        ([64, 64], "64,64", (64, 64)),
+        ([128, 64, 32], "128,64,32", (128, 64, 32)),
+    ],
+)
+def test_hidden_sizes_accept_an_integer_a_string_or_a_list(value, text, sizes):
+    config = RunConfig.from_mapping({"hidden-sizes": value})
+    assert config.hidden_sizes == text and config.hidden_layer_sizes == sizes
+    assert config.to_mapping()["hidden-sizes"] == text
+    assert config.replace(seed=1).hidden_sizes == text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "'hidden-sizes' = '0' is out of range"),
+        ([64, -1], "'hidden-sizes' = '64,-1' is out of range"),
+        ([64, "x"], "'hidden-sizes' = \"64,'x'\" is out of range"),
+        ([], "'hidden-sizes' = '' is out of range"),
+        (True, "'hidden-sizes' = True has type bool; expected str"),
+        (64.0, "'hidden-sizes' = 64.0 has type float; expected str"),
+    ],
+)
+def test_bad_hidden_sizes_are_refused(value, message):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({"hidden-sizes": value})
+    assert message in str(error.value)
+
+
+REGISTERED = [
+    ("model", MODELS.names()),
+    ("dataset", DATASETS.names()),
+    ("partitioner", PARTITIONERS.names()),
+    ("accountant", tuple(ACCOUNTANT_NAMES)),
+    ("grad-sample-mode", GRAD_SAMPLE_MODES),
+]
+
+
+@pytest.mark.parametrize(("key", "names"), REGISTERED)
+def test_allowed_values_are_the_registered_names(key, names):
+    for name in names:
+        # Custom data under DP needs a class count; the others need nothing.
+        RunConfig.from_mapping({key: name, "num-classes": 10})
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({key: "unregistered"})
+    assert str(error.value) == (
+        f"run-config key '{key}' = 'unregistered' is not known: must be one of "
+        + ", ".join(repr(name) for name in names)
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"data-path": "a.npz"},
+            "'data-path' = 'a.npz' is out of range: must be empty unless dataset = 'custom'",
+        ),
+        (
+            {"dataset": "custom"},
+            "'num-classes' = 0 is out of range: must be set (>= 2) for custom data under DP",
+        ),
+        (
+            {"dataset": "synthetic", "partitioner": "dirichlet"},
+            "'partitioner' = 'dirichlet' is out of range: must be 'iid' for dataset 'synthetic' "
+            "(its clients are generated apart; set synthetic-alpha / synthetic-beta for "
+            "heterogeneity)",
+        ),
+    ],
+)
+def test_rules_that_depend_on_the_kind_of_dataset(values, message):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping(values)
+    assert message in str(error.value)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedmodel.config import RunConfig
+from fedmodel.data.datasets import DATASETS
 from fedmodel.data.partitioning import partition
 from fedmodel.data.sources.base import DataOptions, LabelledData, SourceData
 from fedmodel.data.sources.csv_table import load_csv
@@ -149,7 +150,8 @@ def match_client_paths(pattern: str) -> list[str]:
 
 
 def client_source(config: RunConfig, *, node_config: Mapping[str, Any]) -> SourceData:
-    """This client's data, under run-config ``dataset = "custom"``.
+    """This client's data, under a run-config ``dataset`` whose clients bring their own
+    (``dataset = "custom"``).
 
     - node config ``data-path``: this node's own data, used whole;
     - else run-config ``data-path``, with node config ``partition-id`` and
@@ -157,14 +159,15 @@ def client_source(config: RunConfig, *, node_config: Mapping[str, Any]) -> Sourc
       dataset is split by ``partitioner`` (every client computes the same split).
     """
     options = DataOptions.from_config(config)
+    own_data = DATASETS.get(config.dataset).own_data
     if NODE_DATA_KEY in node_config:
-        if config.dataset != "custom":
+        if not own_data:
             raise DataError(
                 f"node config gives data-path {node_config[NODE_DATA_KEY]!r} but run-config "
                 f"'dataset' is {config.dataset!r}; set dataset = \"custom\""
             )
         return load_source(str(node_config[NODE_DATA_KEY]), options=options)
-    if config.dataset != "custom" or not config.data_path:
+    if not own_data or not config.data_path:
         raise DataError(
             "no data for this client: give node config 'data-path' (its own data) or "
             "run-config 'data-path' with dataset = \"custom\""

@@ -10,6 +10,9 @@ import math
 
 import numpy as np
 
+from fedmodel.config import ConfigError
+from fedmodel.privacy.delta import check_delta
+
 
 class DataError(ValueError):
     """Client or test data that cannot be trained on: unreadable, malformed or unfit.
@@ -135,7 +138,7 @@ def check_trainable(
     ``B / N`` of the dataset would be above 1: every step then sees every record and the
     privacy amplification by subsampling that the accountant assumes for batch size
     ``B`` is gone. "Too small" therefore means ``N < batch-size`` under DP. δ must also
-    be below ``1 / N`` (a larger δ permits leaking a whole record).
+    be below ``1 / N`` (:func:`fedmodel.privacy.delta.check_delta`).
     """
     if num_examples < 1:
         raise DataError(f"{origin}: the dataset is empty (0 examples)")
@@ -147,8 +150,8 @@ def check_trainable(
             f"DP the sampling rate batch-size/N = {batch_size / num_examples:.3g} would be "
             "above 1; lower run-config 'batch-size' or give this client more data"
         )
-    if delta >= 1.0 / num_examples:
-        raise DataError(
-            f"{origin}: delta {delta:g} is not below 1/{num_examples} (1 / its number of "
-            "records); such a delta permits leaking a whole record. Lower run-config 'delta'"
-        )
+    try:
+        check_delta(delta, num_examples=num_examples, where=origin)
+    except ConfigError as error:
+        # A client's data, not only the run config, decides it: reported as its data's.
+        raise DataError(str(error)) from error

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedmodel.data.partitioning import (
+    PARTITIONERS,
     dirichlet_partitions,
     iid_partitions,
     partition,
@@ -16,7 +17,11 @@ def _is_exact_cover(parts, n):
     return len(joined) == n and len(np.unique(joined)) == n
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet", "shards"])
+def test_the_registered_partitioners():
+    assert PARTITIONERS.names() == ("iid", "dirichlet", "shards")
+
+
+@pytest.mark.parametrize("name", PARTITIONERS.names())
 def test_partitioners_are_deterministic_disjoint_and_complete(name):
     first = partition(LABELS, partitioner=name, num_partitions=10, seed=3)
     again = partition(LABELS, partitioner=name, num_partitions=10, seed=3)
@@ -48,3 +53,25 @@ def test_shards_give_each_client_at_most_k_classes():
 def test_too_many_partitions_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot split 5 examples into 6 non-empty parts"):
         iid_partitions(5, num_partitions=6, seed=0)
+
+
+def test_partition_passes_each_partitioner_its_options():
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            partition(LABELS, partitioner="dirichlet", num_partitions=5, seed=1,
+                      dirichlet_alpha=0.1),
+            dirichlet_partitions(LABELS, num_partitions=5, alpha=0.1, seed=1),
+            strict=True,
+        )
+    )
+    shards = partition(LABELS, partitioner="shards", num_partitions=20, seed=0,
+                       shards_per_client=1)
+    assert all(len(np.unique(LABELS[p])) == 1 for p in shards)
+
+
+def test_unknown_partitioner_is_a_clear_error():
+    with pytest.raises(
+        ValueError, match="unknown partitioner 'skewed': must be one of iid, dirichlet, shards"
+    ):
+        partition(LABELS, partitioner="skewed", num_partitions=2, seed=0)

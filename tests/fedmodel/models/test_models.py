@@ -2,10 +2,10 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from fedmodel.models import CNN, build_model
+from fedmodel.models import MODELS, build_model
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("input_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_models_pass_opacus_validation_and_fit_the_data_shape(name, input_shape):
     model = build_model(name, input_shape=input_shape, num_classes=7, hidden_sizes=(32, 16))
@@ -13,10 +13,13 @@ def test_models_pass_opacus_validation_and_fit_the_data_shape(name, input_shape)
     assert model(torch.zeros(5, *input_shape)).shape == (5, 7)
 
 
-def test_cnn_uses_group_norm_never_batch_norm():
-    model = CNN(input_shape=(1, 28, 28), num_classes=10)
-    kinds = {type(m).__name__ for m in model.modules()}
-    assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_builder_says_what_hidden_sizes_means_for_it(name):
+    assert "hidden_sizes" in MODELS.get(name).__doc__
+
+
+def test_the_registered_models():
+    assert MODELS.names() == ("mlp", "cnn")
 
 
 def test_unknown_model_name_is_a_clear_error():

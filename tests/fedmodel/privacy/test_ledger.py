@@ -1,9 +1,10 @@
 import math
+import random
 
 import pytest
 from opacus.accountants import RDPAccountant
 
-from fedmodel.privacy import PrivacyLedger, noise_for_target_epsilon
+from fedmodel.privacy import PrivacyLedger
 
 
 def test_rdp_golden_value_from_opacus():
@@ -47,54 +48,6 @@ def test_describe_names_delta_accountant_unit_and_steps():
     )
 
 
-def test_calibrated_noise_meets_the_target_for_the_planned_steps():
-    sigma = noise_for_target_epsilon(
-        target_epsilon=4.0, delta=1e-5, sample_rate=0.2, steps=100, accountant="rdp"
-    )
-    accountant = RDPAccountant()
-    accountant.history = [(sigma, 0.2, 100)]
-    epsilon = accountant.get_epsilon(delta=1e-5)
-    assert 3.9 <= epsilon <= 4.0
-
-
-def test_with_no_earlier_steps_calibration_is_opacuss_own_answer():
-    from opacus.accountants.utils import get_noise_multiplier
-
-    for accountant, steps in (("rdp", 120), ("rdp", 900), ("prv", 60)):
-        ours = noise_for_target_epsilon(
-            target_epsilon=8.0, delta=1e-5, sample_rate=1 / 3, steps=steps, accountant=accountant
-        )
-        theirs = get_noise_multiplier(
-            target_epsilon=8.0, target_delta=1e-5, sample_rate=1 / 3, steps=steps,
-            accountant=accountant,
-        )
-        assert ours == theirs
-
-
-def test_calibration_composes_the_steps_already_spent():
-    prior = [(2.0, 0.1, 200)]
-    spent = RDPAccountant()
-    spent.history = list(prior)
-    sigma = noise_for_target_epsilon(
-        target_epsilon=6.0, delta=1e-5, sample_rate=0.1, steps=100, accountant="rdp",
-        prior_history=prior,
-    )
-    accountant = RDPAccountant()
-    accountant.history = [*prior, (sigma, 0.1, 100)]
-    assert 5.99 - 0.01 <= accountant.get_epsilon(delta=1e-5) <= 6.0
-    fresh = noise_for_target_epsilon(
-        target_epsilon=6.0, delta=1e-5, sample_rate=0.1, steps=100, accountant="rdp"
-    )
-    assert sigma > fresh  # less budget left: more noise
-    from fedmodel.privacy.calibration import BudgetSpent
-
-    with pytest.raises(BudgetSpent, match="already holds ε"):
-        noise_for_target_epsilon(
-            target_epsilon=spent.get_epsilon(delta=1e-5) * 0.99, delta=1e-5, sample_rate=0.1,
-            steps=1, accountant="rdp", prior_history=prior,
-        )
-
-
 def test_gdp_is_not_offered():
     # Opacus's GDP accountant composes only the last entry of a restored history.
     with pytest.raises(ValueError, match="unknown accountant 'gdp'"):
@@ -103,3 +56,20 @@ def test_gdp_is_not_offered():
 
     with pytest.raises(ConfigError, match="accountant"):
         RunConfig(accountant="gdp")
+
+
+def test_cached_rdp_epsilon_equals_opacus_get_epsilon_bit_for_bit():
+    """The ledger's cached RDP ε is exactly Opacus's, for any history."""
+    rng = random.Random(0)
+    for _ in range(3):
+        ledger = PrivacyLedger(accountant="rdp", delta=1e-5)
+        reference = RDPAccountant()
+        for _ in range(rng.randint(2, 3)):
+            sigma = rng.choice([0.7, 1.0, 1.5])
+            rate = rng.choice([0.02, 1 / 7, 0.5, 1.0])
+            steps = rng.randint(1, 40)
+            ledger.record(noise_multiplier=sigma, sample_rate=rate, steps=steps)
+            for _ in range(steps):
+                reference.step(noise_multiplier=sigma, sample_rate=rate)
+            # Asked again and again (as every round does): the cached answer stays exact.
+            assert ledger.epsilon() == reference.get_epsilon(delta=1e-5)

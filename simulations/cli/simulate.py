@@ -1,0 +1,112 @@
+"""``fedmodel simulate``: one job on this machine, or with ``--config`` an experiment file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from simulations.cli.common import add_run_config_arguments, print_done
+from simulations.engines import ENGINES
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``simulate`` to ``fedmodel``'s subcommands."""
+    simulate = commands.add_parser(
+        "simulate", help="run a federated job in this process (ServerApp + ClientApps)"
+    )
+    simulate.set_defaults(run=run)
+    simulate.add_argument(
+        "--config",
+        metavar="EXPERIMENT.toml",
+        help="run an experiment file: one run or a grid (see simulations/experiments/)",
+    )
+    simulate.add_argument(
+        "--clients", type=int, help="number of clients (default 10, or the experiment file's)"
+    )
+    add_run_config_arguments(simulate)
+    simulate.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="inprocess",
+        help="inprocess (default) or ray: Flower's Simulation Engine via a local SuperLink; "
+        "set RAY_ADDRESS to use a running Ray cluster (README, 'Simulate at scale')",
+    )
+    simulate.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train clients in N worker processes (ray: N actors); default 0: in this process",
+    )
+    simulate.add_argument(
+        "--noise-source",
+        choices=["seeded", "secure"],
+        default="seeded",
+        help="where simulated nodes draw DP noise and batches: seeded (reproducible, default) "
+        "or secure (ChaCha20 from os.urandom, as a deployed node; inprocess engine)",
+    )
+    simulate.add_argument("--verbose", action="store_true", help="also show Flower's log")
+    simulate.add_argument(
+        "--dry-run", action="store_true", help="with --config: validate and list the runs only"
+    )
+    simulate.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    simulate.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one job and print its closing line (exit 0), or the experiment ``--config``."""
+    if args.config:
+        return _experiment(args)
+    from fedmodel.config import RunConfig
+    from fedmodel.results import default_run_dir
+    from simulations.progress import RoundProgress
+    from simulations.simulate import simulate
+
+    started = time.perf_counter()
+    values = dict(args.overrides)
+    if args.run_dir:
+        values["run-dir"] = args.run_dir
+    config = RunConfig.from_mapping(values)
+    if not config.run_dir:  # fixed here so the progress bar knows which folder to follow
+        config = config.replace(run_dir=str(default_run_dir(config)))
+    with RoundProgress(run_dir=config.run_dir, config=config, enabled=not args.no_progress):
+        result = simulate(
+            config,
+            num_clients=args.clients,
+            verbose=args.verbose,
+            workers=args.workers,
+            engine=args.engine,
+            noise_source=args.noise_source,
+        )
+    if not args.no_plots:
+        from simulations.plots import plot_run
+
+        print(f"plots: {plot_run(result.run_dir)}")
+    print_done(started, result.final, dp=config.dp)
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """``--config FILE``: validate the whole grid, then run it; exit 1 if a run failed."""
+    from simulations.experiments.runner import run_experiment
+    from simulations.experiments.spec import load_experiment
+
+    experiment = load_experiment(args.config, overrides=dict(args.overrides), clients=args.clients)
+    if args.dry_run:
+        print(experiment.describe())
+        return 0
+    try:
+        result = run_experiment(
+            experiment,
+            directory=args.run_dir,
+            plots=not args.no_plots,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+            engine=args.engine,
+            workers=args.workers,
+        )
+    except KeyboardInterrupt as interrupt:
+        interrupt.add_note("the summary lists the runs that finished")
+        raise
+    return 1 if result.failed else 0
