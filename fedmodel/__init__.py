@@ -18,6 +18,7 @@ def _hand_the_registries_to_the_run_config() -> None:
     from fedmodel.data.partitioning import PARTITIONERS
     from fedmodel.models import MODELS
     from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+    from fedmodel.strategies import STRATEGIES
     from fedmodel.training.local_training import GRAD_SAMPLE_MODES
 
     config.use_choices(
@@ -27,6 +28,7 @@ def _hand_the_registries_to_the_run_config() -> None:
             partitioner=PARTITIONERS,
             accountant=ACCOUNTANT_NAMES,
             grad_sample_mode=GRAD_SAMPLE_MODES,
+            strategy=STRATEGIES,
         )
     )
 

@@ -23,6 +23,21 @@ from typing import Any, Protocol
 from fedmodel.registry import Registry
 
 IMAGE_MODES = ("L", "RGB")
+UPDATE_NORM_POLICIES = ("reject", "clip")
+BYZANTINE_ATTACKS = ("sign-flip", "scale", "gaussian", "nan", "label-flip")
+# The strategy parameters (fedmodel.strategies.STRATEGY_KEYS, checked equal by a test).
+STRATEGY_PARAMETERS = (
+    "beta-1",
+    "beta-2",
+    "num-malicious-nodes",
+    "num-nodes-to-select",
+    "proximal-mu",
+    "q-fair",
+    "server-learning-rate",
+    "server-momentum",
+    "tau",
+    "trim-beta",
+)
 
 
 class ConfigError(ValueError):
@@ -59,6 +74,7 @@ class Choices:
     partitioner: Collection[str]
     accountant: Collection[str]
     grad_sample_mode: Collection[str]
+    strategy: Registry[Any]  # of fedmodel.strategies.StrategySpec
 
 
 _choices: Choices | None = None
@@ -123,6 +139,30 @@ class RunConfig:
     # round-timeout seconds; with fewer than min-train-replies updates the model is kept.
     min_train_replies: int = 1
     round_timeout: float = 3600.0
+    # Aggregation (README, "Strategies"): Flower's strategies by name and their
+    # parameters; 0 for server-learning-rate, tau, beta-1, beta-2 is the strategy's own
+    # default. A parameter set for a strategy that does not read it is an error.
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.0
+    tau: float = 0.0
+    beta_1: float = 0.0
+    beta_2: float = 0.0
+    trim_beta: float = 0.2
+    num_malicious_nodes: int = 0
+    num_nodes_to_select: int = 1
+    q_fair: float = 0.1
+    # Update validation (README, "Robustness"): 0 = no bound on an update's L2 norm.
+    max_update_norm: float = 0.0
+    update_norm_policy: str = "reject"
+    # Simulation only (never read by the ClientApp a deployment runs): misbehaving clients.
+    byzantine_fraction: float = 0.0
+    byzantine_attack: str = "sign-flip"
+    # Checkpoints (README, "Checkpoint and resume"): every N rounds (0: never); a model
+    # to start from.
+    checkpoint_every: int = 1
+    initial_model: str = ""
 
     def __post_init__(self) -> None:
         # TOML and the CLI give hidden-sizes as 64, "64,64" or [64, 64]: kept as the
@@ -219,6 +259,52 @@ class RunConfig:
             "min_train_replies", self.min_train_replies, ">= 1", self.min_train_replies >= 1
         )
         _check_range("round_timeout", self.round_timeout, "> 0 seconds", self.round_timeout > 0)
+        self._check_aggregation(choices)
+
+    def _check_aggregation(self, choices: Choices) -> None:
+        _check_choice("strategy", self.strategy, choices.strategy)
+        spec = choices.strategy.get(self.strategy)
+        defaults = {f.name: f.default for f in fields(self)}
+        for key in STRATEGY_PARAMETERS:
+            name = key.replace("-", "_")
+            if getattr(self, name) != defaults[name] and key not in spec.reads:
+                reads = ", ".join(spec.reads) or "no parameters"
+                raise ConfigError(
+                    f"run-config key '{key}' = {getattr(self, name)!r} is not read by strategy "
+                    f"{self.strategy!r} (it reads {reads}); remove it or choose a strategy "
+                    "that uses it"
+                )
+        _check_range(
+            "strategy",
+            self.strategy,
+            "a strategy that does not need the clients' training loss under DP (the loss is "
+            "a noise-free statistic of their records; set dp = false to use it)",
+            not (self.dp and spec.needs_train_loss),
+        )
+        for name in ("proximal_mu", "server_learning_rate", "server_momentum", "tau"):
+            _check_range(name, getattr(self, name), ">= 0", getattr(self, name) >= 0)
+        for name in ("beta_1", "beta_2", "server_momentum"):
+            _check_range(name, getattr(self, name), "in [0, 1)", 0 <= getattr(self, name) < 1)
+        _check_range("trim_beta", self.trim_beta, "in (0, 0.5)", 0 < self.trim_beta < 0.5)
+        _check_range(
+            "num_malicious_nodes", self.num_malicious_nodes, ">= 0", self.num_malicious_nodes >= 0
+        )
+        _check_range(
+            "num_nodes_to_select", self.num_nodes_to_select, ">= 1", self.num_nodes_to_select >= 1
+        )
+        _check_range("q_fair", self.q_fair, ">= 0", self.q_fair >= 0)
+        _check_range(
+            "max_update_norm", self.max_update_norm, ">= 0 (0: no bound)", self.max_update_norm >= 0
+        )
+        _check_choice("update_norm_policy", self.update_norm_policy, UPDATE_NORM_POLICIES)
+        _check_range(
+            "byzantine_fraction", self.byzantine_fraction, "in [0, 1)",
+            0 <= self.byzantine_fraction < 1,
+        )
+        _check_choice("byzantine_attack", self.byzantine_attack, BYZANTINE_ATTACKS)
+        _check_range(
+            "checkpoint_every", self.checkpoint_every, ">= 0 (0: never)", self.checkpoint_every >= 0
+        )
 
     @property
     def hidden_layer_sizes(self) -> tuple[int, ...]:
