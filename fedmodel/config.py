@@ -163,6 +163,7 @@ class RunConfig:
     # to start from.
     checkpoint_every: int = 1
     initial_model: str = ""
+    resume: bool = False  # continue the run in run-dir from its checkpoint
 
     def __post_init__(self) -> None:
         # TOML and the CLI give hidden-sizes as 64, "64,64" or [64, 64]: kept as the
@@ -304,6 +305,10 @@ class RunConfig:
         _check_choice("byzantine_attack", self.byzantine_attack, BYZANTINE_ATTACKS)
         _check_range(
             "checkpoint_every", self.checkpoint_every, ">= 0 (0: never)", self.checkpoint_every >= 0
+        )
+        _check_range(
+            "resume", self.resume, "used with a run-dir to continue",
+            not self.resume or bool(self.run_dir),
         )
 
     @property
