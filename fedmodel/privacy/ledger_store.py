@@ -33,6 +33,7 @@ from typing import Any
 from fedmodel.atomic_files import write_atomically
 
 FORMAT_VERSION = 2
+LEGACY_FORMAT = 1  # keyed by run-config values, one entry per run replaced each round
 
 
 class LedgerError(ValueError):
@@ -129,8 +130,26 @@ class LedgerStore:
         return document
 
     def history(self, key: str) -> list[list[float]]:
-        """Every DP-SGD step entry ``[sigma, q, steps]`` on ``key``'s data, oldest run first."""
-        return _all_entries(self.read(key))
+        """Every DP-SGD step entry ``[sigma, q, steps]`` on ``key``'s data, oldest run first.
+
+        Entries of format-1 files in the folder (written by an earlier fedmodel, keyed by
+        run-config values, so no key of today finds them) are composed in first, whatever
+        data they were for: over-counting is safe, restarting at ε = 0 is not.
+        """
+        return self._legacy_entries() + _all_entries(self.read(key))
+
+    def _legacy_entries(self) -> list[list[float]]:
+        entries: list[list[float]] = []
+        for path in sorted(self.directory.glob("privacy-ledger-*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as error:
+                raise LedgerError(f"privacy ledger file {path} cannot be read: {error}") from error
+            if isinstance(document, dict) and document.get("format") == LEGACY_FORMAT:
+                document["format"] = FORMAT_VERSION  # same layout; checked as such
+                _check_document(document, path)
+                entries += _all_entries(document)
+        return entries
 
     def append(
         self,
@@ -161,7 +180,7 @@ class LedgerStore:
                 run["noise-sources"].append(noise_source)
             document["data"] = dict(data)
             write_atomically(path, json.dumps(document, indent=1) + "\n")
-            return _all_entries(document)
+            return self._legacy_entries() + _all_entries(document)
 
 
 def _all_entries(document: Mapping[str, Any]) -> list[list[float]]:

@@ -94,3 +94,18 @@ def test_bad_histories_and_keys_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a plain file name"):
         store.path("../escape")
     assert os.listdir(tmp_path) == []
+
+
+def test_ledgers_of_the_earlier_format_are_composed_in_not_forgotten(tmp_path):
+    legacy = {
+        "format": 1,
+        "data": {"dataset": "digits", "seed": 0},
+        "runs": {"3": {"history": [[1.5, 0.05, 40]], "first-recorded": "2026-11-28T10:00:00"}},
+    }
+    (tmp_path / "privacy-ledger-digits-0123456789abcdef.json").write_text(json.dumps(legacy))
+    store = LedgerStore(tmp_path)
+    key = data_key(DIGITS_0)
+    assert store.history(key) == [[1.5, 0.05, 40]]
+    after = store.append(key, run_id=4, entries=[[1.5, 0.05, 20]], data=DIGITS_0,
+                         noise_source="secure")
+    assert after == [[1.5, 0.05, 40], [1.5, 0.05, 20]]
