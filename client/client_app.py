@@ -136,6 +136,7 @@ def train(msg: Message, context: Context) -> Message:
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=config.max_grad_norm,
             grad_sample_mode=config.grad_sample_mode,
+            proximal_mu=config.proximal_mu,
         ),
         ledger=privacy.ledger if config.dp else None,
         seed=_training_seed(config.seed, server_round, context),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
@@ -64,6 +65,19 @@ class RoundRecorder:
         self.round_started = clock()
         self.saved_ledgers: dict[str, dict[str, Any]] = {}  # client -> ledger last written
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the metrics of every round so far (a checkpoint's part)."""
+        return {"rounds": [asdict(metrics) for metrics in self.folder.rounds]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the rounds in ``state``; load the strategy's state first.
+
+        Every ledger the strategy holds was written when the checkpoint was taken.
+        """
+        self.folder.rounds = [RoundMetrics(**row) for row in state["rounds"]]
+        self.saved_ledgers = dict(self.strategy.ledgers)
+        self.round_started = self.clock()
+
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = self.evaluate(arrays)
         if server_round > 0:
@@ -95,6 +109,7 @@ class RoundRecorder:
             seconds=self.clock() - self.round_started,
             client_accuracy=_metric(strategy.last_evaluate_metrics, "eval-accuracy"),
             client_loss=_metric(strategy.last_evaluate_metrics, "eval-loss"),
+            clients_rejected=len(strategy.last_round_rejections),
         )
 
     def write(self, metrics: RoundMetrics, arrays: ArrayRecord) -> None:
@@ -117,12 +132,10 @@ class RoundRecorder:
             print(f"  {strategy.epsilon_line()}", flush=True)
         for failure in strategy.last_round_failures:
             print(f"  failed: {failure}", flush=True)
+        for rejection in strategy.last_round_rejections:
+            print(f"  rejected: {rejection}", flush=True)
         if not strategy.last_round_updated:
-            print(
-                f"  global model unchanged: {strategy.last_round_trained} of at least "
-                f"{config.min_train_replies} updates (run-config min-train-replies)",
-                flush=True,
-            )
+            print(f"  global model unchanged: {strategy.unchanged_reason}", flush=True)
 
 
 def _metric(metrics: MetricRecord | None, key: str) -> float:

@@ -1,4 +1,4 @@
-"""The Flower ServerApp: FedAvg over DP-SGD clients, central evaluation, the run folder."""
+"""The Flower ServerApp: a chosen strategy over DP-SGD clients, central evaluation, run folder."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import random
 from collections.abc import Iterator
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fedmodel.config import RunConfig
 from fedmodel.data import DATASETS, load_splits
 from fedmodel.models import build_model
 from fedmodel.records import federation_to_record
 from fedmodel.results import RunFolder, default_run_dir, privacy_header
+from server.checkpointing import RunCheckpoints
 from server.data_check import ExcludingGrid, check_client_data
 from server.polling_grid import PromptGrid
 from server.round_recorder import RoundRecorder
+from server.strategies.by_name import build_strategy, check_federation_size, strategy_line
 from server.strategies.client_tracking import ClientTracking
 
 app = ServerApp()
@@ -27,11 +28,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` rounds of FedAvg and write the run folder."""
+    """Run ``num-server-rounds`` rounds of the run config's ``strategy``; write the run folder."""
     config = RunConfig.from_mapping(context.run_config)  # validated before anything else
     random.seed(config.seed)  # Flower samples clients with the global `random`
     torch.manual_seed(config.seed)
 
+    nodes = grid  # the runtime's own Grid: it may keep its nodes' state (checkpoints)
     model_config, extra = ConfigRecord(), {}
     every_node_holds_out = False  # custom data: each usable node has a test split
     if DATASETS.get(config.dataset).own_data:
@@ -56,26 +58,36 @@ def main(grid: Grid, context: Context) -> None:
         hidden_sizes=config.hidden_layer_sizes,
     )
     strategy = _strategy(
-        config, central_test=test is not None, every_node_holds_out=every_node_holds_out
+        config,
+        central_test=test is not None,
+        every_node_holds_out=every_node_holds_out,
+        num_nodes=len(list(grid.get_node_ids())),
     )
     folder = RunFolder(config.run_dir or default_run_dir(config))
-    folder.create(
-        config,
-        extra={
-            "num_nodes": len(list(grid.get_node_ids())),
-            "input_shape": list(input_shape),
-            "num_classes": num_classes,
-            **extra,
-        },
-    )
+    checkpoints = RunCheckpoints(config, run_dir=folder.path, grid=nodes)
+    initial_arrays = checkpoints.initial_arrays(model)  # checked before anything is written
+    if config.resume:
+        print(checkpoints.resume_line(), flush=True)
+    else:
+        folder.create(
+            config,
+            extra={
+                "num_nodes": len(list(grid.get_node_ids())),
+                "input_shape": list(input_shape),
+                "num_classes": num_classes,
+                **extra,
+            },
+        )
     print(privacy_header(config), flush=True)
     recorder = RoundRecorder(config, model=model, test=test, strategy=strategy, folder=folder)
-    strategy.start(
+    # Resumed: N - k rounds numbered k + 1 .. N, from the checkpoint (server/checkpointing.py).
+    plan = checkpoints.plan(strategy, recorder=recorder, initial_arrays=initial_arrays)
+    plan.strategy.start(
         grid=PromptGrid(grid),
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_server_rounds,
+        initial_arrays=plan.initial_arrays,
+        num_rounds=plan.num_rounds,
         timeout=config.round_timeout,
-        evaluate_fn=recorder,
+        evaluate_fn=plan.evaluate_fn,
         train_config=ConfigRecord(dict(model_config)),
         evaluate_config=ConfigRecord(dict(model_config)),
     )
@@ -83,9 +95,17 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _strategy(
-    config: RunConfig, *, central_test: bool, every_node_holds_out: bool
+    config: RunConfig, *, central_test: bool, every_node_holds_out: bool, num_nodes: int
 ) -> ClientTracking:
-    """FedAvg as the run config asks, wrapped in :class:`ClientTracking`."""
+    """The run config's strategy (Flower's, by name), wrapped in :class:`ClientTracking`.
+
+    Raises :class:`~fedmodel.config.ConfigError` before round 1 when the ``num_nodes``
+    connected nodes are too few for a robust strategy's requirement (e.g. Bulyan's
+    ``n >= 4f + 3``).
+    """
+    # A round cannot keep k updates unless k nodes are connected and sampled.
+    min_train_nodes = config.min_train_replies
+    check_federation_size(config, num_nodes=num_nodes, min_train_nodes=min_train_nodes)
     # Without a central test set the clients' own evaluation is the only measure; under
     # DP a client evaluates only on a held-out split (its training records' accuracy
     # would be a noise-free statistic of them), so only when every node has one.
@@ -97,20 +117,25 @@ def _strategy(
             "held-out splits, which not every node has",
             flush=True,
         )
-    with _flower_log_level(logging.ERROR):  # FedAvg warns when fraction-evaluate is 0: intended
-        fedavg = FedAvg(
-            fraction_train=config.fraction_train,
+    # Flower's strategies warn when fraction-evaluate is 0 (intended) and FedProx when
+    # proximal-mu is 0 (then it is FedAvg, as asked).
+    with _flower_log_level(logging.ERROR):
+        strategy = build_strategy(
+            config,
             fraction_evaluate=fraction_evaluate,
-            # A round cannot keep k updates unless k nodes are connected and sampled.
-            min_train_nodes=config.min_train_replies,
+            min_train_nodes=min_train_nodes,
             min_evaluate_nodes=1 if fraction_evaluate > 0 else 0,
-            min_available_nodes=config.min_train_replies,
+            min_available_nodes=min_train_nodes,
         )
+    if config.strategy != "fedavg":  # the default job's log stays as it was
+        print(strategy_line(config, strategy), flush=True)
     return ClientTracking(
-        fedavg,
+        strategy,
         require_ledger=config.dp,
         min_train_replies=config.min_train_replies,
         round_timeout=config.round_timeout,
+        max_update_norm=config.max_update_norm,
+        update_norm_policy=config.update_norm_policy,
     )
 
 

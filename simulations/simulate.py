@@ -64,6 +64,14 @@ def simulate(
             raise ConfigError("the Ray engine takes client data from the run config only")
         if noise_source != "seeded":
             raise ConfigError("the Ray engine's simulated nodes draw seeded noise only")
+        resume = config.resume if isinstance(config, RunConfig) else (config or {}).get("resume")
+        if resume:
+            # Its nodes' Contexts (their privacy ledgers) live in Ray actors, not in the
+            # checkpoint: resuming would restart every client's ε at 0.
+            raise ConfigError(
+                "run-config key 'resume' = true: resume runs on the in-process engine (engine "
+                "= 'inprocess'), which checkpoints every node's Context; the Ray engine does not"
+            )
         return simulate_on_ray(config, num_clients=num_clients, workers=workers, verbose=verbose)
     if engine != "inprocess":
         known = " or ".join(repr(name) for name in ENGINES)

@@ -41,7 +41,9 @@ class RoundMetrics:
     each client's ε being cumulative over all its DP-SGD steps in the run (and earlier
     runs, for a node that keeps its ledger). ``test_*`` are ``nan`` when central
     evaluation is off; ``client_*`` are the clients' own evaluation of the global model
-    (weighted by their examples), ``nan`` when no client evaluated.
+    (weighted by their examples), ``nan`` when no client evaluated. ``clients_rejected``
+    counts the training replies that arrived but were not aggregated because their update
+    failed validation (wrong arrays, non-finite values, an update norm over the bound).
     """
 
     round: int
@@ -55,6 +57,7 @@ class RoundMetrics:
     seconds: float
     client_accuracy: float = math.nan
     client_loss: float = math.nan
+    clients_rejected: int = 0
 
     def line(self, *, num_rounds: int, dp: bool) -> str:
         """The one line printed per round."""
@@ -62,6 +65,8 @@ class RoundMetrics:
             f"ε max {self.epsilon_max:.3f} mean {self.epsilon_mean:.3f}" if dp else "ε ∞ (DP off)"
         )
         failed = f" | {self.clients_failed} failed" if self.clients_failed else ""
+        if self.clients_rejected:
+            failed += f" | {self.clients_rejected} rejected"
         evaluation = f"test acc {self.test_accuracy:.4f} | test loss {self.test_loss:.4f}"
         if math.isnan(self.test_accuracy) and not math.isnan(self.client_accuracy):
             evaluation = (

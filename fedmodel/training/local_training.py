@@ -28,6 +28,10 @@ class TrainingSettings:
     ``batch_size`` is the *expected* batch size: under DP, batches are drawn by Poisson
     sampling with rate ``1 / ceil(N / batch_size)`` (Opacus's convention), ``ceil(N /
     batch_size)`` of them per epoch, so their realised size varies around it.
+
+    ``proximal_mu`` is FedProx's ``mu`` (Li et al. 2020): after every optimizer step the
+    weights are pulled towards the round's global model (see :func:`train_locally`);
+    0 is plain local training, and ``learning_rate * proximal_mu`` must be below 1.
     """
 
     epochs: int
@@ -38,6 +42,7 @@ class TrainingSettings:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "ghost"
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -50,6 +55,13 @@ class TrainingSettings:
             raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if not self.proximal_mu >= 0:  # also refuses nan
+            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+        if self.learning_rate * self.proximal_mu >= 1:
+            raise ValueError(
+                f"learning_rate * proximal_mu must be < 1, got {self.learning_rate} * "
+                f"{self.proximal_mu} (the proximal step would reach or pass the global model)"
+            )
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ValueError(
                 f"unknown grad_sample_mode {self.grad_sample_mode!r}: "
@@ -98,6 +110,18 @@ def train_locally(
     (:class:`~fedmodel.privacy.secure_randomness.SecureRandomness`): nobody can
     regenerate them, and ``seed`` only orders non-DP shuffling.
 
+    With ``settings.proximal_mu = mu > 0`` this is FedProx's local solver (Li et al.
+    2020, Federated Optimization in Heterogeneous Networks, MLSys,
+    https://arxiv.org/abs/1812.06127): the weights ``model`` holds at entry are the
+    round's global model ``w_global`` (a detached copy is kept), and after every optimizer
+    step each parameter takes the gradient step of the proximal term ``mu / 2 * ||w -
+    w_global||^2``, ``w <- w - lr * mu * (w - w_global)``. It is applied outside the
+    private step, after clipping and noise: it depends on ``w``, ``w_global`` and the
+    public ``mu`` and ``lr`` only, never on a record, so it is post-processing of
+    the DP-SGD outputs and the DP guarantee (and the ledger's accounting) is unchanged.
+    With ``mu = 0`` nothing is copied or applied: training is bit-identical to plain
+    local training.
+
     Returns the weights of the unwrapped module (no ``_module.`` prefix).
     """
     if noise_source not in NOISE_SOURCES:
@@ -105,6 +129,9 @@ def train_locally(
     num_examples = len(dataset)  # type: ignore[arg-type]
     sample_rate = sample_rate_for(num_examples, settings.batch_size)
     expected_batch_size = sample_rate * num_examples
+    mu = settings.proximal_mu
+    # FedProx's anchor: the global model this round started from (parameters only).
+    anchor = [(p, p.detach().clone()) for p in model.parameters()] if mu > 0 else []
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout-free models: only guards any library-internal RNG use
     secure = SecureRandomness() if settings.dp and noise_source == "secure" else None
@@ -160,6 +187,8 @@ def train_locally(
                 loss = criterion(trained(x), y) / expected_batch_size
                 loss.backward()
                 optimizer.step()
+                if anchor:
+                    _proximal_step(anchor, step_size=settings.learning_rate * mu)
                 steps += 1
                 total_loss += float(loss.item()) * expected_batch_size
                 total_seen += len(y)
@@ -172,6 +201,17 @@ def train_locally(
         mean_loss=total_loss / max(total_seen, 1),
         steps=steps,
     )
+
+
+@torch.no_grad()
+def _proximal_step(anchor: list[tuple[nn.Parameter, torch.Tensor]], *, step_size: float) -> None:
+    """``w <- w - step_size * (w - w_global)`` for every (parameter, global copy) pair.
+
+    The gradient step of FedProx's proximal term ``mu / 2 * ||w - w_global||^2`` with
+    ``step_size = lr * mu`` (Li et al. 2020); data-independent, so outside DP-SGD.
+    """
+    for parameter, global_value in anchor:
+        parameter.sub_(parameter - global_value, alpha=step_size)
 
 
 def _seeded_bernoulli(generator: torch.Generator):

@@ -45,8 +45,10 @@ def deploy_local(
     Starts the federation in ``work_dir``, submits the run with ``run_config`` (a
     ``run-dir`` is chosen under ``work_dir/runs`` unless given), streams its log to
     ``on_line`` and stops every process before returning, also on failure or Ctrl-C.
+    With ``resume = true`` the nodes' state-dirs in ``work_dir`` must be there (their
+    ledgers are the record of what each node spent).
     """
-    from fedmodel.config import RunConfig
+    from fedmodel.config import ConfigError, RunConfig
     from fedmodel.results import default_run_dir, load_metrics
 
     config = RunConfig.from_mapping(run_config)  # fail before starting anything
@@ -57,14 +59,24 @@ def deploy_local(
     # run config cannot point it at files); here the user runs every node, so each gets
     # the run's data-dir as its own.
     node_data = {"data-dir": os.path.abspath(config.data_dir)} if config.data_dir else {}
-    with LocalFederation(
+    federation = LocalFederation(
         work,
         num_nodes=num_clients,
         tls=tls,
         auth=auth,
         warm=warm,
         node_configs=[dict(node_data) for _ in range(num_clients)],
-    ) as federation:
+    )
+    if config.resume and config.dp:
+        # A resumed run is a new Flower run: what each node spent is only in its state-dir.
+        missing = [i for i in range(num_clients) if not federation.node_state_dir(i).is_dir()]
+        if missing:
+            raise ConfigError(
+                f"resume: {work} holds no state-dir of node {missing[0]} "
+                f"({federation.node_state_dir(missing[0])}); resume in the work folder the run "
+                "used, or every node's ε would start again at 0"
+            )
+    with federation:
         outcome = federation.submit(overrides, timeout=timeout, on_line=on_line)
     rounds = load_metrics(run_dir) if (run_dir / "metrics.json").exists() else []
     return DeploymentResult(

@@ -226,12 +226,16 @@ class LocalFederation:
     def node_dir(self, index: int) -> Path:
         return self.work_dir / f"node-{index}"
 
+    def node_state_dir(self, index: int) -> Path:
+        """Node ``index``'s ``state-dir`` (its privacy ledger), kept across federations."""
+        return self.node_dir(index) / "state"
+
     def node_config(self, index: int) -> dict[str, Any]:
         """Node ``index``'s ``--node-config``: its partition and its state directory."""
         config: dict[str, Any] = {
             "partition-id": index,
             "num-partitions": self.num_nodes,
-            "state-dir": str(self.node_dir(index) / "state"),
+            "state-dir": str(self.node_state_dir(index)),
         }
         if self._extra_node_configs:
             config.update(self._extra_node_configs[index])

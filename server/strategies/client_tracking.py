@@ -1,9 +1,11 @@
-"""A strategy wrapper that keeps each round's outcome and every client's latest ledger."""
+"""A strategy wrapper that keeps each round's outcome and every client's latest ledger, and
+lets no update that is not the global model's, or not finite, reach the aggregate."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -13,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmodel.records import record_to_ledger
+from server.strategies.update_validation import UpdateValidator, all_finite
 
 
 class ClientTracking(Strategy):
@@ -30,6 +33,17 @@ class ClientTracking(Strategy):
     the round's timeout (a crashed node). A round that keeps fewer than
     ``min_train_replies`` updates leaves the global model unchanged.
 
+    Every training reply that passed the ledger checks is then validated against the
+    global model it was sent (:mod:`server.strategies.update_validation`: the global
+    model's array names, shapes and dtypes, finite values, a finite positive weight,
+    and with ``max_update_norm`` > 0 a bounded update norm, rejected or clipped as
+    ``update_norm_policy`` says). A rejected reply is logged with its node and reason,
+    listed in :attr:`last_round_rejections` and not aggregated; its ledger still counts
+    (the client did spend that privacy). An aggregate that is not finite is not adopted:
+    the global model is kept, and so is the wrapped strategy's own state (FedAvgM's
+    momentum, FedAdam's moments), restored to what it was before the round. Why a
+    round kept the global model is :attr:`unchanged_reason`.
+
     Parameters
     ----------
     strategy : Strategy
@@ -40,6 +54,10 @@ class ClientTracking(Strategy):
         Fewest accepted updates a round needs to change the global model.
     round_timeout : float, optional
         The round's timeout in seconds (only named in failure reports).
+    max_update_norm : float
+        Bound on the L2 norm of an update (reply minus global, all arrays); 0: none.
+    update_norm_policy : str
+        ``"reject"`` or ``"clip"`` an update above ``max_update_norm``.
     """
 
     def __init__(
@@ -49,6 +67,8 @@ class ClientTracking(Strategy):
         require_ledger: bool,
         min_train_replies: int = 1,
         round_timeout: float | None = None,
+        max_update_norm: float = 0.0,
+        update_norm_policy: str = "reject",
     ) -> None:
         if min_train_replies < 1:
             raise ValueError(f"min_train_replies must be >= 1, got {min_train_replies}")
@@ -56,6 +76,13 @@ class ClientTracking(Strategy):
         self.require_ledger = require_ledger
         self.min_train_replies = min_train_replies
         self.round_timeout = round_timeout
+        self.validator = UpdateValidator(
+            max_update_norm=max_update_norm,
+            policy=update_norm_policy,
+            weighted_by_key=getattr(strategy, "weighted_by_key", "num-examples"),
+        )
+        self.last_round_rejections: list[str] = []  # "node <id>: <reason>", this round
+        self._kept_because = ""  # why the strategy's aggregate was not adopted
         self.last_round_epsilons: dict[str, float] = {}
         self.last_round_updated = False
         self._sent: list[Message] = []
@@ -86,6 +113,18 @@ class ClientTracking(Strategy):
             counts[ledger["noise_source"]] = counts.get(ledger["noise_source"], 0) + 1
         sources = ", ".join(f"{source} x{n}" for source, n in sorted(counts.items()))
         return f"noise and sampling drawn per node from: {sources or 'no client yet'}"
+
+    @property
+    def unchanged_reason(self) -> str:
+        """Why this round kept the global model (empty when it was updated)."""
+        if self.last_round_updated:
+            return ""
+        if self.last_round_trained < self.min_train_replies:
+            return (
+                f"{self.last_round_trained} of at least {self.min_train_replies} updates "
+                "(run-config min-train-replies)"
+            )
+        return self._kept_because
 
     def _accept(self, reply: Message, node_id: int) -> bool:
         source = f"node {node_id}"
@@ -134,6 +173,23 @@ class ClientTracking(Strategy):
         log(WARNING, "Dropping training reply from %s: %s", source, reason)
         self.last_round_failures.append(f"{source}: {reason}")
 
+    def _validated(self, reply: Message, node_id: int) -> Message | None:
+        """The reply to aggregate (clipped if so asked), or None when its update is unfit."""
+        verdict = self.validator.check(reply.content)
+        if not verdict.accepted:
+            log(WARNING, "Dropping training reply from node %s: %s", node_id, verdict.reason)
+            self.last_round_rejections.append(f"node {node_id}: {verdict.reason}")
+            return None
+        if verdict.clipped:
+            log(
+                INFO,
+                "Clipping the update of node %s: norm %.4g to max-update-norm %g",
+                node_id, verdict.norm, self.validator.max_update_norm,
+            )
+        if verdict.content is reply.content:
+            return reply
+        return Message(metadata=reply.metadata, content=verdict.content)
+
     # -- Strategy interface, delegated ----------------------------------------------
 
     def configure_train(
@@ -141,12 +197,14 @@ class ClientTracking(Strategy):
     ) -> Iterable[Message]:
         # Kept: the Grid stamps each with its message id, which replies refer to.
         self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.validator.use_reference(arrays)  # what every reply's model must match
         return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.last_round_failures = []
+        self.last_round_rejections = []
         self.last_round_epsilons = {}
         destination = {sent.metadata.message_id: sent.metadata.dst_node_id for sent in self._sent}
         answered: set[int] = set()
@@ -157,7 +215,9 @@ class ClientTracking(Strategy):
                 node_id = destination.get(reply.metadata.reply_to_message_id, node_id)
             answered.add(node_id)
             if self._accept(reply, node_id):
-                accepted.append(reply)
+                checked = self._validated(reply, node_id)
+                if checked is not None:
+                    accepted.append(checked)
         waited = f" within {self.round_timeout:g} s" if self.round_timeout else ""
         for sent in self._sent:
             if sent.metadata.dst_node_id not in answered:
@@ -165,18 +225,31 @@ class ClientTracking(Strategy):
                     f"node {sent.metadata.dst_node_id}: no reply{waited} (crashed or too slow)"
                 )
         self.last_round_trained = len(accepted)
-        self.last_round_updated = len(accepted) >= self.min_train_replies
-        if not self.last_round_updated:
+        self.last_train_metrics = None
+        if len(accepted) < self.min_train_replies:
             log(
                 WARNING,
                 "Round %s: %s of at least %s updates arrived; the global model is unchanged",
                 server_round, len(accepted), self.min_train_replies,
             )
-            self.last_train_metrics = None
-            return None, None
+            return self._unchanged("")  # unchanged_reason says how many arrived
+        state = copy.deepcopy(vars(self.strategy))  # restored if the aggregate is unfit
         arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        if arrays is None:
+            return self._unchanged(f"{type(self.strategy).__name__} aggregated nothing")
+        if not all_finite(arrays):
+            log(WARNING, "Round %s: the aggregate is not finite; the global model is kept",
+                server_round)
+            vars(self.strategy).clear()
+            vars(self.strategy).update(state)
+            return self._unchanged("the aggregate is not finite")
+        self.last_round_updated, self._kept_because = True, ""
         self.last_train_metrics = metrics
         return arrays, metrics
+
+    def _unchanged(self, reason: str) -> tuple[None, None]:
+        self.last_round_updated, self._kept_because = False, reason
+        return None, None
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

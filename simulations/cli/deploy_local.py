@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from simulations.cli.common import CommandFailed, add_run_config_arguments, print_done
 
@@ -31,12 +32,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "SuperNode per client, each a separate process on loopback (README, 'Deploy')",
     )
     deploy.set_defaults(run=run)
-    deploy.add_argument("--clients", type=int, default=3, help="number of SuperNodes (default 3)")
+    deploy.add_argument(
+        "--clients", type=int, help="number of SuperNodes (default 3; --resume: the run's)"
+    )
     add_run_config_arguments(deploy)
     deploy.add_argument(
         "--work-dir",
         help="keep logs, certificates, keys and each node's state-dir (its privacy ledger) "
         "here; reuse it and the nodes' ε carries over (default: a temporary folder, deleted)",
+    )
+    deploy.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint, with its own config; needs the "
+        "--work-dir it ran in, whose nodes' state-dirs hold their ledgers (README, "
+        "'Checkpoint and resume')",
     )
     deploy.add_argument("--tls", action="store_true", help="serve the SuperLink over TLS")
     deploy.add_argument(
@@ -62,13 +72,16 @@ def run(args: argparse.Namespace) -> int:
     from simulations.client_data import check_delta
 
     started = time.perf_counter()
-    values = dict(args.overrides)
-    if args.run_dir:
-        values["run-dir"] = str(Path(args.run_dir).resolve())
-    if args.clients < 1:
-        raise ConfigError(f"--clients = {args.clients} is out of range: must be >= 1")
+    if args.resume:
+        values, clients = _resumed(args)
+    else:
+        values, clients = dict(args.overrides), 3 if args.clients is None else args.clients
+        if args.run_dir:
+            values["run-dir"] = str(Path(args.run_dir).resolve())
+    if clients < 1:
+        raise ConfigError(f"--clients = {clients} is out of range: must be >= 1")
     config = RunConfig.from_mapping(values)
-    check_delta(config, num_clients=args.clients)
+    check_delta(config, num_clients=clients)
     if not config.run_dir:  # as `simulate`: under ./runs, not in the work folder
         values["run-dir"] = str(default_run_dir(config).resolve())
 
@@ -79,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = deploy_local(
             values,
-            num_clients=args.clients,
+            num_clients=clients,
             work_dir=work_dir,
             tls=args.tls,
             auth=args.auth,
@@ -98,10 +111,32 @@ def run(args: argparse.Namespace) -> int:
         raise CommandFailed(f"run {result.run_id} ended {result.status}; logs: {logs}")
     if not args.work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
-    print_done(
-        started, result.final, dp=config.dp, run_id=result.run_id, run_dir=result.run_dir
-    )
+    print_done(started, result.final, dp=config.dp, run_id=result.run_id, run_dir=result.run_dir)
     return 0
+
+
+def _resumed(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """``--resume RUN_DIR``: the run's own config and node count; its ``--work-dir`` is needed."""
+    from fedmodel.config import ConfigError
+    from fedmodel.results.checkpoint import resumable_run
+
+    if args.overrides or args.run_dir:
+        raise ConfigError(
+            "--resume continues the run with its own config; --set / --run-dir cannot change it"
+        )
+    if not args.work_dir:
+        raise ConfigError(
+            "--resume needs the --work-dir the run used: its nodes' state-dirs hold their "
+            "privacy ledgers, and fresh nodes would start again at ε = 0"
+        )
+    run_config, document = resumable_run(args.resume)
+    clients = int(document.get("num_nodes", 0))
+    if args.clients is not None and args.clients != clients:
+        raise ConfigError(
+            f"--clients = {args.clients}, but the run in {args.resume} has {clients} nodes"
+        )
+    values = {**run_config, "resume": True, "run-dir": str(Path(args.resume).resolve())}
+    return values, clients
 
 
 def _printer(*, verbose: bool) -> Callable[[str], None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from simulations.cli.common import add_run_config_arguments, print_done
 from simulations.engines import ENGINES
@@ -44,6 +45,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="where simulated nodes draw DP noise and batches: seeded (reproducible, default) "
         "or secure (ChaCha20 from os.urandom, as a deployed node; inprocess engine)",
     )
+    simulate.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint, with its own config and "
+        "clients (README, 'Checkpoint and resume')",
+    )
     simulate.add_argument("--verbose", action="store_true", help="also show Flower's log")
     simulate.add_argument(
         "--dry-run", action="store_true", help="with --config: validate and list the runs only"
@@ -56,7 +63,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one job and print its closing line (exit 0), or the experiment ``--config``."""
-    if args.config:
+    if args.config and not args.resume:
         return _experiment(args)
     from fedmodel.config import RunConfig
     from fedmodel.results import default_run_dir
@@ -64,16 +71,20 @@ def run(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
     started = time.perf_counter()
-    values = dict(args.overrides)
-    if args.run_dir:
-        values["run-dir"] = args.run_dir
+    num_clients = args.clients
+    if args.resume:
+        values, num_clients = _resumed(args)
+    else:
+        values = dict(args.overrides)
+        if args.run_dir:
+            values["run-dir"] = args.run_dir
     config = RunConfig.from_mapping(values)
     if not config.run_dir:  # fixed here so the progress bar knows which folder to follow
         config = config.replace(run_dir=str(default_run_dir(config)))
     with RoundProgress(run_dir=config.run_dir, config=config, enabled=not args.no_progress):
         result = simulate(
             config,
-            num_clients=args.clients,
+            num_clients=num_clients,
             verbose=args.verbose,
             workers=args.workers,
             engine=args.engine,
@@ -85,6 +96,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"plots: {plot_run(result.run_dir)}")
     print_done(started, result.final, dp=config.dp)
     return 0
+
+
+def _resumed(args: argparse.Namespace) -> tuple[dict[str, Any], int | None]:
+    """``--resume RUN_DIR``: the run's own config (from its ``config.json``) and clients."""
+    from fedmodel.config import ConfigError
+    from fedmodel.results.checkpoint import resumable_run
+
+    given = [
+        flag
+        for flag, value in (
+            ("--config", args.config),
+            ("--set", args.overrides),
+            ("--run-dir", args.run_dir),
+        )
+        if value
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues the run with its own config; {', '.join(given)} cannot change it"
+        )
+    run_config, document = resumable_run(args.resume)
+    num_nodes = document.get("num_nodes")
+    if args.clients is not None and args.clients != num_nodes:
+        raise ConfigError(
+            f"--clients = {args.clients}, but the run in {args.resume} has {num_nodes} clients"
+        )
+    return {**run_config, "resume": True, "run-dir": args.resume}, num_nodes
 
 
 def _experiment(args: argparse.Namespace) -> int:

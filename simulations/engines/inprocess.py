@@ -33,8 +33,11 @@ from fedmodel.config import ConfigError, RunConfig
 from fedmodel.data.sources import release
 from fedmodel.privacy.node_policy import NOISE_SOURCES
 from fedmodel.results import check_new_run_dir, default_run_dir, load_metrics
+from fedmodel.results.checkpoint import check_resumable_run_dir
 from simulations.client_data import check_delta, client_node_configs
+from simulations.engines.byzantine import ByzantineNodes
 from simulations.engines.clientapp import call_client_app, one_torch_thread
+from simulations.engines.node_states import restore_contexts, save_contexts
 from simulations.engines.result import SimulationResult
 from simulations.engines.worker_pool import WorkerPool
 
@@ -55,6 +58,8 @@ def simulate_in_process(
 
     The parameters are those of :func:`simulations.simulate`, which calls this for
     ``engine = "inprocess"``. Everything is validated before any file is written.
+    Run-config ``byzantine-fraction`` > 0 makes some nodes Byzantine
+    (:mod:`simulations.engines.byzantine`).
     """
     if workers < 0:
         raise ConfigError(f"number of workers = {workers} is out of range: must be >= 0")
@@ -66,7 +71,10 @@ def simulate_in_process(
     else:
         run_config = RunConfig.from_mapping(config or {})
     run_dir = Path(run_config.run_dir) if run_config.run_dir else default_run_dir(run_config)
-    check_new_run_dir(run_dir)
+    if run_config.resume:  # continue the run in run-dir from its checkpoint
+        check_resumable_run_dir(run_dir)
+    else:
+        check_new_run_dir(run_dir)
     if noise_source not in NOISE_SOURCES:
         raise ConfigError(
             f"noise source {noise_source!r} is not known: must be one of {', '.join(NOISE_SOURCES)}"
@@ -80,12 +88,22 @@ def simulate_in_process(
     if workers and held:
         raise ConfigError("worker processes cannot see in-memory client data: pass paths")
 
+    node_ids = [FIRST_NODE_ID + i for i in range(len(node_configs))]
+    byzantine = ByzantineNodes.from_config(run_config, node_ids=node_ids)
+    if byzantine is not None:
+        names = {
+            node: f"partition-{config['partition-id']}"
+            for node, config in zip(node_ids, node_configs, strict=True)
+            if "partition-id" in config
+        }
+        print(byzantine.describe(names), flush=True)
     pool = WorkerPool(client_app=CLIENT_APP, num_workers=workers) if workers else None
     grid = InProcessGrid(
         client_app=client_app,
         run_config=run_config.to_mapping(),
         node_configs=node_configs,
         pool=pool,
+        byzantine=byzantine,
     )
     # Flower's runtimes tell the ServerApp process who it is; messages are stamped with it.
     TaskIdentity.task_id, TaskIdentity.run_id = 1, grid.run.run_id
@@ -128,6 +146,9 @@ class InProcessGrid(Grid):
     pool : WorkerPool, optional
         Worker processes that run the ClientApp instead (the same app, by reference).
         Replies are returned in message order either way, so aggregation is identical.
+    byzantine : ByzantineNodes, optional
+        Nodes whose training messages and replies are corrupted on the way
+        (simulation only, :mod:`simulations.engines.byzantine`).
     """
 
     def __init__(
@@ -138,16 +159,28 @@ class InProcessGrid(Grid):
         node_configs: list[Mapping[str, object]],
         run_id: int = 1,
         pool: WorkerPool | None = None,
+        byzantine: ByzantineNodes | None = None,
     ) -> None:
         if not node_configs:
             raise ValueError("an in-process federation needs at least one node")
         self.client_app = client_app
         self.pool = pool
+        self.byzantine = byzantine
         self._run = Run.create_empty(run_id)
         self._run_config = dict(run_config)
         self._node_configs = {FIRST_NODE_ID + i: config for i, config in enumerate(node_configs)}
         self.contexts: dict[int, Context] = {}  # made on a node's first message
         self._replies: dict[str, Message] = {}
+
+    def save_node_states(self, run_dir: Path, server_round: int) -> None:
+        """Write every node's Context beside the server's checkpoint of ``server_round``."""
+        save_contexts(run_dir, server_round, self.contexts)
+
+    def restore_node_states(self, run_dir: Path, server_round: int) -> None:
+        """Put back the Contexts saved with the server's checkpoint of ``server_round``."""
+        restore_contexts(
+            run_dir, server_round, node_configs=self._node_configs, context=self.context
+        )
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -188,21 +221,27 @@ class InProcessGrid(Grid):
             message.metadata.__dict__["_message_id"] = str(uuid4())
             message.metadata.__dict__["_run_id"] = self._run.run_id
         known = [m for m in messages if m.metadata.dst_node_id in self._node_configs]
+        byzantine = self.byzantine
+        delivered = {id(m): byzantine.outgoing(m) if byzantine else m for m in known}
         if self.pool is None:
             with one_torch_thread():
                 replies = {
-                    id(m): call_client_app(self.client_app, m, self.context(m.metadata.dst_node_id))
+                    id(m): call_client_app(
+                        self.client_app, delivered[id(m)], self.context(m.metadata.dst_node_id)
+                    )
                     for m in known
                 }
         else:
             replies = {}
             for wave in _waves(known):  # a node's messages in turn: its state goes along
-                tasks = [(m, self.context(m.metadata.dst_node_id)) for m in wave]
-                for (message, context), (reply, state) in zip(
-                    tasks, self.pool.run(tasks), strict=True
+                tasks = [(delivered[id(m)], self.context(m.metadata.dst_node_id)) for m in wave]
+                for message, (_, context), (reply, state) in zip(
+                    wave, tasks, self.pool.run(tasks), strict=True
                 ):
                     context.state = state
                     replies[id(message)] = reply
+        if byzantine is not None:
+            replies = {id(m): byzantine.incoming(m, replies[id(m)]) for m in known}
         ids = []
         for message in messages:
             reply = replies.get(id(message))

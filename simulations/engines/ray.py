@@ -86,6 +86,13 @@ def simulate_on_ray(
     engine; the run folder is written by the same ServerApp.
     """
     run_config = config if isinstance(config, RunConfig) else RunConfig.from_mapping(config or {})
+    if run_config.byzantine_fraction > 0:
+        # Flower's engine runs the unchanged ClientApp, which never reads these keys.
+        raise ConfigError(
+            f"run-config key 'byzantine-fraction' = {run_config.byzantine_fraction!r}: "
+            "Byzantine clients are simulated by the in-process engine only (engine = "
+            "'inprocess'); the Ray engine runs honest ClientApps"
+        )
     num_clients = DEFAULT_NUM_CLIENTS if num_clients is None else num_clients
     if num_clients < 1:
         raise ConfigError(f"number of clients = {num_clients} is out of range: must be >= 1")

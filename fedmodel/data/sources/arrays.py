@@ -30,6 +30,7 @@ from fedmodel.data.sources.validation import (
     check_labels,
     check_lengths,
     check_shape,
+    training_features,
 )
 
 ON_DISK_MIN_BYTES = 64 * 2**20
@@ -170,10 +171,8 @@ def labelled_from_arrays(
     if isinstance(x, DiskArray):
         _check_finite_on_disk(x, origin=x_name)
         return LabelledData(ArrayDataset(x, labels), labels), input_shape
-    check_finite(x, origin=x_name)
-    dataset = TensorDataset(
-        torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(labels)
-    )
+    features = training_features(x, origin=x_name)  # checked as float32, what training sees
+    dataset = TensorDataset(torch.as_tensor(features), torch.as_tensor(labels))
     return LabelledData(dataset, labels), input_shape
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedmodel.data.sources.arrays import labelled_from_arrays
 from fedmodel.data.sources.base import DataOptions, LabelledData
-from fedmodel.data.sources.validation import DataError
+from fedmodel.data.sources.validation import TRAINING_DTYPE, DataError, fits_training_dtype
 
 
 def load_csv(path: Path, *, options: DataOptions) -> tuple[LabelledData, tuple[int, ...]]:
@@ -87,6 +87,13 @@ def _parse(reader, *, path: Path, options: DataOptions) -> tuple[LabelledData, t
                     f"{where}, column {name!r}: {value} (features must be finite)",
                     public=f"{where}, column {name!r}: a non-finite value (features must be "
                     "finite)",
+                )
+            if not fits_training_dtype(value):
+                raise DataError(
+                    f"{where}, column {name!r}: {value} is beyond the range of "
+                    f"{TRAINING_DTYPE}, the dtype features are trained in; rescale the features",
+                    public=f"{where}, column {name!r}: a value beyond the range of "
+                    f"{TRAINING_DTYPE}, the dtype features are trained in; rescale the features",
                 )
             features.append(value)
         rows.append(features)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedmodel.data.sources.base import SourceData
-from fedmodel.data.sources.validation import DataError
+from fedmodel.data.sources.validation import MAX_INFERRED_CLASSES, DataError
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,15 @@ def agree(clients: Mapping[str, DataDescription], *, num_classes: int = 0) -> Fe
                 f"name or number from the other clients' ({len(class_names)}); {advice}",
             )
     count = num_classes or max(d.num_classes for d in clients.values())
+    if not num_classes and count > MAX_INFERRED_CLASSES:
+        # Each client refuses such labels itself; a description claiming it is not believed.
+        holder = next(n for n, d in clients.items() if d.num_classes == count)
+        raise DataError(
+            f"{holder}: reports {count} classes, more than {MAX_INFERRED_CLASSES} (the most "
+            "inferred from labels); set run-config 'num-classes' if that many are meant",
+            public=f"{holder}: reports more than {MAX_INFERRED_CLASSES} classes (the most "
+            "inferred from labels); set run-config 'num-classes' if that many are meant",
+        )
     for name, description in clients.items():
         if description.num_classes > count:
             raise DataError(

@@ -38,7 +38,7 @@ from fedmodel.data.sources.python_loader import (
     is_loader_spec,
     split_pair,
 )
-from fedmodel.data.sources.validation import DataError
+from fedmodel.data.sources.validation import DataError, check_class_count
 
 FORMS = (
     ".npz archive, .csv table, folder with <x-key>.npy and <y-key>.npy, image folder "
@@ -103,7 +103,7 @@ def _load_cached(spec: str, options: DataOptions, _stamp: tuple[int, int] | None
         train=train,
         test=None,
         input_shape=shape,
-        num_classes=options.num_classes or len(class_names) or _label_count(train),
+        num_classes=options.num_classes or len(class_names) or _label_count([train], origin=spec),
         class_names=class_names,
         origin=str(path),
     )
@@ -126,14 +126,19 @@ def _from_python(value: Any, *, origin: str, options: DataOptions) -> SourceData
         train=train,
         test=test,
         input_shape=shape,
-        num_classes=options.num_classes or max(_label_count(s) for s in (train, test) if s),
+        num_classes=options.num_classes or _label_count([train, test], origin=origin),
         class_names=(),
         origin=origin,
     )
 
 
-def _label_count(data: LabelledData) -> int:
-    return int(data.labels.max()) + 1
+def _label_count(splits: list[LabelledData | None], *, origin: str) -> int:
+    """The class count inferred from the labels of ``splits`` (largest + 1), refused when
+    implausible before anything is sized by it."""
+    held = [split for split in splits if split is not None]
+    count = max(int(split.labels.max()) + 1 for split in held)
+    check_class_count(count, num_examples=sum(len(split) for split in held), origin=origin)
+    return count
 
 
 def is_pattern(spec: str) -> bool:

@@ -47,6 +47,11 @@ class DataError(ValueError):
 
 # Numeric dtype kinds accepted as features: bool, signed/unsigned int, float.
 NUMERIC_KINDS = "biuf"
+# What training sees: every feature is converted to this dtype (fedmodel.data.sources.base).
+TRAINING_DTYPE = np.dtype(np.float32)
+# Largest class count inferred from labels (largest label + 1) taken as plausible: above it
+# the run config must say num-classes (a model of 1e9 classes would need 256 GB).
+MAX_INFERRED_CLASSES = 10_000
 
 
 def check_feature_dtype(dtype: np.dtype, *, origin: str) -> None:
@@ -71,18 +76,71 @@ def check_shape(shape: tuple[int, ...], *, origin: str) -> None:
 
 
 def check_finite(x: np.ndarray, *, origin: str, offset: int = 0) -> None:
-    """No NaN or Inf; the message names the first bad example (``offset`` + its row)."""
+    """No NaN or Inf, as training sees the values: converted to :data:`TRAINING_DTYPE`.
+
+    A value finite in ``x`` but beyond float32's range (``1e308`` as float64) becomes
+    Inf in training; it is refused with its own message. The message names the first
+    bad example (``offset`` + its row).
+    """
+    training_features(x, origin=origin, offset=offset)
+
+
+def training_features(x: np.ndarray, *, origin: str, offset: int = 0) -> np.ndarray:
+    """``x`` as :data:`TRAINING_DTYPE` (no copy when it is already), checked finite.
+
+    See :func:`check_finite`; integer and bool features always fit.
+    """
+    with np.errstate(over="ignore"):  # overflow to Inf is what is checked for below
+        converted = np.asarray(x, dtype=TRAINING_DTYPE)
     if x.dtype.kind != "f":
-        return
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        return converted
+    finite = np.isfinite(converted.reshape(len(x), -1)).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        value = x[row].reshape(-1)[np.argmin(np.isfinite(x[row].reshape(-1)))]
+        column = int(np.argmin(np.isfinite(converted[row].reshape(-1))))
+        value = np.asarray(x[row]).reshape(-1)[column]
+        where = f"{origin}: example {offset + row}"
+        if np.isfinite(value):
+            limit = f"|x| <= {np.finfo(TRAINING_DTYPE).max:.3g}"
+            raise DataError(
+                f"{where} holds {value}, beyond the range of {TRAINING_DTYPE}, the dtype "
+                f"features are trained in ({limit}); rescale the features",
+                public=f"{where} holds a value beyond the range of {TRAINING_DTYPE}, the "
+                f"dtype features are trained in ({limit}); rescale the features",
+            )
         raise DataError(
-            f"{origin}: example {offset + row} holds {value} (features must be finite)",
-            public=f"{origin}: example {offset + row} holds a non-finite value "
-            "(features must be finite)",
+            f"{where} holds {value} (features must be finite)",
+            public=f"{where} holds a non-finite value (features must be finite)",
         )
+    return converted
+
+
+def fits_training_dtype(value: float) -> bool:
+    """Whether the finite number ``value`` stays finite as :data:`TRAINING_DTYPE`."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(TRAINING_DTYPE.type(value)))
+
+
+def check_class_count(num_classes: int, *, num_examples: int, origin: str) -> None:
+    """Refuse a class count inferred from labels (largest label + 1) that is implausible.
+
+    More classes than examples, or more than :data:`MAX_INFERRED_CLASSES`, means a
+    stray label (one label of 1e9 would make the model's output layer 1e9 wide); it is
+    refused before anything is allocated for it, suggesting run-config ``num-classes``.
+    """
+    if num_classes <= min(num_examples, MAX_INFERRED_CLASSES):
+        return
+    advice = (
+        "if the labels are right, set run-config 'num-classes' to the class count "
+        "(labels 0..num-classes-1)"
+    )
+    raise DataError(
+        f"{origin}: the largest label implies {num_classes} classes, more than the "
+        f"{num_examples} examples or {MAX_INFERRED_CLASSES} (the most inferred from "
+        f"labels); {advice}",
+        public=f"{origin}: the largest label implies more classes than the {num_examples} "
+        f"examples or {MAX_INFERRED_CLASSES} (the most inferred from labels); {advice}",
+    )
 
 
 def check_labels(y: np.ndarray, *, origin: str, num_classes: int = 0) -> np.ndarray:

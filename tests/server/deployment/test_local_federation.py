@@ -168,3 +168,55 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_node_and_admit_a_register
 
 def _online(federation: LocalFederation) -> int:
     return sum(node["status"] == "online" for node in federation.cli.list_nodes())
+
+
+@pytest.mark.timeout(480)
+def test_a_run_resumed_after_its_superlink_died_counts_every_step_of_every_node(tmp_path):
+    """SuperLink and ServerApp killed after a checkpoint; a new federation over the same
+    work folder (the nodes' state-dirs) resumes the run: all rounds recorded once, and
+    each node's ε composes every step its ledger holds, from both Flower runs."""
+    from fedmodel.results.checkpoint import Checkpoint, checkpoint_dir
+
+    run_dir = tmp_path / "runs" / "resumed"
+    values = {**SMALL, "num-server-rounds": 3, "run-dir": str(run_dir)}
+    with LocalFederation(tmp_path, num_nodes=2) as federation:
+        killed = threading.Event()
+
+        def kill_the_server_side_after_round_1() -> None:
+            server_pt = checkpoint_dir(run_dir) / "server.pt"
+            while not server_pt.exists():
+                threading.Event().wait(0.05)
+            federation.superlink.kill()  # type: ignore[union-attr]
+            federation.executors[-1].kill()  # the ServerApp's launcher and its children
+            killed.set()
+
+        threading.Thread(target=kill_the_server_side_after_round_1, daemon=True).start()
+        try:
+            outcome = federation.submit(values, timeout=200)
+        except (DeploymentError, KeyError, ValueError):  # `flwr list` asks the dead SuperLink
+            outcome = None
+    assert killed.is_set() and (outcome is None or not outcome.succeeded)
+    done = Checkpoint.load(run_dir).round
+    assert 1 <= done < 3
+
+    with LocalFederation(tmp_path, num_nodes=2) as federation:  # new ports, same state-dirs
+        outcome = federation.submit({**values, "resume": True}, timeout=240)
+    assert outcome.succeeded, outcome.log[-3000:]
+    assert f"after round {done} of 3 from its checkpoint" in outcome.log
+    assert "each node's ledger in its state-dir keeps counting" in outcome.log
+    assert [r.round for r in load_metrics(run_dir)] == [1, 2, 3]
+    for partition_id in (0, 1):
+        per_round, _ = _expected_epsilon(1, partition_id=partition_id, num_partitions=2)
+        (stored,) = (federation.node_state_dir(partition_id)).glob("privacy-ledger-*.json")
+        runs = json.loads(stored.read_text())["runs"]
+        assert len(runs) == 2  # the killed Flower run and the resumed one
+        history = [tuple(entry) for run in runs.values() for entry in run["history"]]
+        steps = sum(n for _, _, n in history)
+        # Every round trained at least once; a round cut short by the crash trained
+        # again on resume, and both are spent and counted.
+        assert steps >= 3 * per_round and steps % per_round == 0
+        accountant = RDPAccountant()
+        accountant.history = history
+        ledger = _ledger(run_dir, partition_id)
+        assert ledger["steps_total"] == steps  # the reported ε forgets no step
+        assert ledger["epsilon"] == pytest.approx(accountant.get_epsilon(delta=DELTA), abs=1e-6)

@@ -334,14 +334,15 @@ def test_federation_agreement_hides_class_names_and_inferred_class_counts(tmp_pa
     _check(few, names=["need at least 2"], secrets=["labels are 0"])
 
     federation = agree({"a": _description(shape=(4,), classes=3)})
-    np.savez(tmp_path / "test.npz", x=X, y=np.where(np.arange(12) == 6, 987654, 0))
+    # The largest plausible inferred count for 12 examples: label 11, 12 classes.
+    np.savez(tmp_path / "test.npz", x=X, y=np.where(np.arange(12) == 6, 11, 0))
     test = load_source(str(tmp_path / "test.npz"), options=PLAIN)
     _check(_raised(check_test_set, test, federation),
            names=["test.npz (test-data): label 6 is outside the clients' classes 0..2"],
-           secrets=["987654"], root=tmp_path)
+           secrets=["11"], root=tmp_path)
     _check(_raised(check_fits, test, federation),
            names=["test.npz: has more classes than the federation's model (3)"],
-           secrets=["987655"], root=tmp_path)
+           secrets=["12"], root=tmp_path)
     images = _image_folder(tmp_path / "imgs", ("alice_smith", "0.png", Image.new("L", (2, 2))),
                            ("bob_jones", "1.png", Image.new("L", (2, 2))))
     image_test = load_source(str(images), options=PLAIN)
