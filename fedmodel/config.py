@@ -24,6 +24,7 @@ from fedmodel.registry import Registry
 
 IMAGE_MODES = ("L", "RGB")
 UPDATE_NORM_POLICIES = ("reject", "clip")
+UPDATE_COMPRESSIONS = ("none", "int8", "topk")
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "gaussian", "nan", "label-flip")
 # The strategy parameters (fedmodel.strategies.STRATEGY_KEYS, checked equal by a test).
 STRATEGY_PARAMETERS = (
@@ -164,6 +165,10 @@ class RunConfig:
     checkpoint_every: int = 1
     initial_model: str = ""
     resume: bool = False  # continue the run in run-dir from its checkpoint
+    # Communication (README, "Compressed updates"): what a client sends of its update.
+    update_compression: str = "none"
+    topk_fraction: float = 0.1
+    tensorboard: bool = False  # event files in the run folder (extra: ".[tensorboard]")
 
     def __post_init__(self) -> None:
         # TOML and the CLI give hidden-sizes as 64, "64,64" or [64, 64]: kept as the
@@ -305,6 +310,14 @@ class RunConfig:
         _check_choice("byzantine_attack", self.byzantine_attack, BYZANTINE_ATTACKS)
         _check_range(
             "checkpoint_every", self.checkpoint_every, ">= 0 (0: never)", self.checkpoint_every >= 0
+        )
+        _check_choice("update_compression", self.update_compression, UPDATE_COMPRESSIONS)
+        _check_range(
+            "topk_fraction", self.topk_fraction, "in (0, 1]", 0 < self.topk_fraction <= 1
+        )
+        _check_range(
+            "topk_fraction", self.topk_fraction, "left at its default unless update-compression "
+            "= 'topk'", self.update_compression == "topk" or self.topk_fraction == 0.1,
         )
         _check_range(
             "resume", self.resume, "used with a run-dir to continue",
