@@ -36,10 +36,12 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fedmodel.compression import compress
 from fedmodel.config import ConfigError, RunConfig
 from fedmodel.data import DATASETS, data_shape, load_partition
 from fedmodel.data.sources import (
@@ -56,8 +58,10 @@ from fedmodel.privacy.client_privacy import ClientPrivacy, PrivacyRequest
 from fedmodel.privacy.delta import check_delta
 from fedmodel.privacy.ledger_store import LedgerError, data_identity
 from fedmodel.privacy.node_policy import NodePolicy, PolicyRefusal
+from fedmodel.privacy.secure_randomness import SecureRandomness
 from fedmodel.records import (
     client_privacy_to_record,
+    compressed_to_records,
     description_to_record,
     ledger_to_record,
     record_to_client_privacy,
@@ -153,7 +157,10 @@ def train(msg: Message, context: Context) -> Message:
         }
         return Message(
             content=RecordDict(
-                {"arrays": ArrayRecord(result.state_dict), "metrics": MetricRecord(metrics)}
+                {
+                    **_update_records(config, policy, msg, result.state_dict, context),
+                    "metrics": MetricRecord(metrics),
+                }
             ),
             reply_to=msg,
         )
@@ -171,7 +178,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            "arrays": ArrayRecord(result.state_dict),
+            **_update_records(config, policy, msg, result.state_dict, context),
             "metrics": MetricRecord(metrics),
             "privacy": privacy_record,
         }
@@ -336,6 +343,40 @@ def _model_for(config: RunConfig, msg: Message, context: Context):
         num_classes=num_classes,
         hidden_sizes=config.hidden_layer_sizes,
     )
+
+
+def _update_records(
+    config: RunConfig,
+    policy: NodePolicy,
+    msg: Message,
+    weights: dict[str, torch.Tensor],
+    context: Context,
+) -> dict[str, ArrayRecord | ConfigRecord]:
+    """The trained model as the reply carries it: weights, or a compressed update.
+
+    With ``update-compression`` the update (weights minus the global weights received)
+    is compressed (``fedmodel.compression``). Under DP that is post-processing of a
+    private update: the guarantee is unchanged. The stochastic rounding of ``int8`` draws
+    from ``SecureRandomness`` under ``noise-source = "secure"``, else from a generator
+    seeded per (run seed, round, client), so simulations stay reproducible.
+    """
+    if config.update_compression == "none":
+        return {"arrays": ArrayRecord(weights)}
+    sent = msg.content["arrays"].to_torch_state_dict()
+    update = {name: value - sent[name] for name, value in weights.items()}
+    if policy.noise_source == "secure":
+        generator: torch.Generator | SecureRandomness = SecureRandomness()
+    else:
+        server_round = int(msg.content["config"]["server-round"])
+        seed = _training_seed(config.seed + 1, server_round, context)
+        generator = torch.Generator().manual_seed(seed)
+    compressed = compress(
+        update,
+        method=config.update_compression,
+        fraction=config.topk_fraction,
+        generator=generator,
+    )
+    return compressed_to_records(compressed)
 
 
 def _training_seed(seed: int, server_round: int, context: Context) -> int:

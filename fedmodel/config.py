@@ -313,6 +313,11 @@ class RunConfig:
         )
         _check_choice("update_compression", self.update_compression, UPDATE_COMPRESSIONS)
         _check_range(
+            "byzantine_fraction", self.byzantine_fraction,
+            "0 with update-compression (the simulated attacks corrupt uncompressed weights)",
+            self.byzantine_fraction == 0 or self.update_compression == "none",
+        )
+        _check_range(
             "topk_fraction", self.topk_fraction, "in (0, 1]", 0 < self.topk_fraction <= 1
         )
         _check_range(

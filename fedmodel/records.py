@@ -1,4 +1,5 @@
-"""The one Flower adapter in fedmodel: privacy ledgers (and data descriptions) as records.
+"""The one Flower adapter in fedmodel: privacy ledgers, data descriptions and compressed
+updates as records, and the serialised size of records.
 
 A client sends its ledger with every training reply (under the ``"privacy"`` key) and
 keeps it in its Context state; both are Flower ``ConfigRecord``s of flat lists, since
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ConfigRecord
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 
+from fedmodel.compression import CompressedTensor, CompressedUpdate
 from fedmodel.data.sources.federation import DataDescription, FederationData
 
 LEDGER_KEYS = ("accountant", "delta", "sigmas", "sample-rates", "steps")
@@ -134,3 +138,117 @@ def record_to_federation(record: ConfigRecord) -> FederationData:
         input_shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
         num_classes=int(record["num-classes"]),  # type: ignore[arg-type]
     )
+
+
+# -- compressed updates (fedmodel.compression) -----------------------------------------
+
+COMPRESSED_ARRAYS_KEY = "compressed-update"  # ArrayRecord: the packed parts
+COMPRESSION_KEY = "compression"  # ConfigRecord: method, names, dtypes, shapes, lengths
+_PACKED = {"int8": ("q",), "topk": ("indices", "values")}  # one Array per part, all tensors
+
+
+def compressed_to_records(compressed: CompressedUpdate) -> dict[str, ArrayRecord | ConfigRecord]:
+    """A compressed update as the two records a training reply carries in its place.
+
+    The parts of every tensor are packed into one flat Array per kind (``q``; or
+    ``indices`` and ``values``), split again by the ``lengths`` of the ConfigRecord, so
+    that an update pays one array header, not one per tensor; ``int8`` scales are a list
+    in the ConfigRecord; a non-float tensor is an Array of its own (``raw/<name>``).
+    """
+    tensors = compressed.tensors
+    packed_names = _PACKED[compressed.method]
+    floats = {name: t for name, t in tensors.items() if "raw" not in t.parts}
+    arrays = ArrayRecord(
+        {
+            part: Array(torch.cat([t.parts[part].reshape(-1) for t in floats.values()]).numpy())
+            for part in packed_names
+            if floats
+        }
+    )
+    for name, tensor in tensors.items():
+        if "raw" in tensor.parts:
+            arrays[f"raw/{name}"] = Array(tensor.parts["raw"].contiguous().numpy())
+    shapes = [tensor.shape for tensor in tensors.values()]
+    config = ConfigRecord(
+        {
+            "method": compressed.method,
+            "names": list(tensors),
+            "dtypes": [str(t.dtype).removeprefix("torch.") for t in tensors.values()],
+            "ndims": [len(shape) for shape in shapes],
+            "dims": [int(n) for shape in shapes for n in shape] or [0],
+            "lengths": [
+                0 if "raw" in t.parts else t.parts[packed_names[0]].numel()
+                for t in tensors.values()
+            ],
+        }
+    )
+    if compressed.method == "int8":
+        config["scales"] = [
+            float(t.parts["scale"]) if "raw" not in t.parts else 1.0 for t in tensors.values()
+        ]
+    return {COMPRESSED_ARRAYS_KEY: arrays, COMPRESSION_KEY: config}
+
+
+def records_to_compressed(content: RecordDict, *, source: str) -> CompressedUpdate:
+    """Back from :func:`compressed_to_records`; a malformed reply raises naming ``source``."""
+    try:
+        return _records_to_compressed(content)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"compressed update from {source} is malformed: {error}") from error
+
+
+def _records_to_compressed(content: RecordDict) -> CompressedUpdate:
+    config, arrays = content[COMPRESSION_KEY], content[COMPRESSED_ARRAYS_KEY]
+    if not isinstance(config, ConfigRecord) or not isinstance(arrays, ArrayRecord):
+        raise TypeError("compression records of the wrong kind")
+    method = str(config["method"])
+    if method not in _PACKED:
+        raise ValueError(f"unknown method {method!r}")
+    keys = ["names", "dtypes", "ndims", "dims", "lengths"]
+    keys += ["scales"] if method == "int8" else []
+    if not all(isinstance(config[key], list) for key in keys):
+        raise TypeError(f"{', '.join(keys)} must be lists")
+    names = [str(n) for n in config["names"]]  # type: ignore[union-attr]
+    dtypes = [str(n) for n in config["dtypes"]]  # type: ignore[union-attr]
+    ndims, dims, lengths = ([int(n) for n in config[key]] for key in keys[2:5])  # type: ignore[union-attr,arg-type]
+    scales = [float(n) for n in config["scales"]] if method == "int8" else None  # type: ignore[union-attr,arg-type]
+    count = len(names)
+    if not count == len(dtypes) == len(ndims) == len(lengths) == len(scales or names):
+        raise ValueError(f"{', '.join(keys)} differ in length")
+    if len(set(names)) != count:
+        raise ValueError("names repeat")
+    if min([*ndims, *lengths], default=0) < 0 or sum(ndims) > len(dims):
+        raise ValueError("ndims, dims or lengths out of range")
+    packed = {}
+    for part in _PACKED[method]:
+        flat = torch.from_numpy(arrays[part].numpy().reshape(-1).copy()) if part in arrays else None
+        if (0 if flat is None else flat.numel()) != sum(lengths):
+            raise ValueError(f"part {part!r} does not hold the {sum(lengths)} values of lengths")
+        packed[part] = flat
+    extra = [key for key in arrays if key not in packed and key[4:] not in names]
+    if extra:
+        raise ValueError(f"arrays {extra[:3]} belong to no listed tensor")
+    tensors, at, offset = {}, 0, 0
+    for i, name in enumerate(names):
+        shape = tuple(dims[at : at + ndims[i]])
+        at += ndims[i]
+        dtype = getattr(torch, dtypes[i], None)
+        if not isinstance(dtype, torch.dtype) or min(shape, default=1) < 0:
+            raise ValueError(f"tensor {name!r}: dtype {dtypes[i]!r} or shape {shape}")
+        if f"raw/{name}" in arrays:
+            parts = {"raw": torch.from_numpy(arrays[f"raw/{name}"].numpy().copy())}
+        else:
+            parts = {
+                part: flat[offset : offset + lengths[i]]  # type: ignore[index]
+                for part, flat in packed.items()
+            }
+            if scales is not None:
+                parts["scale"] = torch.tensor([scales[i]], dtype=torch.float32)
+        offset += lengths[i]
+        tensors[name] = CompressedTensor(shape=shape, dtype=dtype, parts=parts)
+    return CompressedUpdate(method=method, tensors=tensors)
+
+
+def serialized_size(content: RecordDict) -> int:
+    """Bytes of ``content`` serialised as Flower sends it (its protobuf ``RecordDict``)."""
+    return recorddict_to_proto(content).ByteSize()

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from fedmodel.config import RunConfig
 from fedmodel.results import RoundMetrics, RunFolder
+from fedmodel.results.tensorboard import TensorBoardWriter
 from fedmodel.training import evaluate
 from server.strategies.client_tracking import ClientTracking
 
@@ -64,6 +65,10 @@ class RoundRecorder:
         # The state a resumed run would need; everything else is given.
         self.round_started = clock()
         self.saved_ledgers: dict[str, dict[str, Any]] = {}  # client -> ledger last written
+        # run-config tensorboard: event files in <run-dir>/tensorboard (optional extra)
+        self.tensorboard = (
+            TensorBoardWriter(folder.path / "tensorboard") if config.tensorboard else None
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the metrics of every round so far (a checkpoint's part)."""
@@ -110,6 +115,13 @@ class RoundRecorder:
             client_accuracy=_metric(strategy.last_evaluate_metrics, "eval-accuracy"),
             client_loss=_metric(strategy.last_evaluate_metrics, "eval-loss"),
             clients_rejected=len(strategy.last_round_rejections),
+            bytes_sent=strategy.last_round_bytes,
+            bytes_uncompressed=strategy.last_round_uncompressed_bytes,
+            bytes_ratio=(
+                strategy.last_round_bytes / strategy.last_round_uncompressed_bytes
+                if strategy.last_round_uncompressed_bytes
+                else math.nan
+            ),
         )
 
     def write(self, metrics: RoundMetrics, arrays: ArrayRecord) -> None:
@@ -120,11 +132,20 @@ class RoundRecorder:
             if self.saved_ledgers.get(client) is not ledger:  # new: keep rounds O(sampled)
                 self.folder.save_ledger(client, ledger)
                 self.saved_ledgers[client] = ledger
+        if self.tensorboard is not None:
+            epsilons = self.strategy.epsilons() if self.config.dp else []
+            self.tensorboard.add_round(metrics, client_epsilons=epsilons)
+            if metrics.round >= self.config.num_server_rounds:
+                self.tensorboard.close()  # the last round: its writer thread ends with the run
 
     def print_round(self, metrics: RoundMetrics) -> None:
         """The round's line, then where noise came from, per-client ε, failures."""
         config, strategy = self.config, self.strategy
-        print(metrics.line(num_rounds=config.num_server_rounds, dp=config.dp), flush=True)
+        compressed = config.update_compression != "none"
+        line = metrics.line(
+            num_rounds=config.num_server_rounds, dp=config.dp, compressed=compressed
+        )
+        print(line, flush=True)
         if config.dp and metrics.round == 1:
             print(f"  {strategy.noise_source_line()}", flush=True)
         # Per-client ε on the log for small federations; always in privacy/<client>.json.

@@ -203,3 +203,22 @@ def _integer_rounds(axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_compression(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    """Write ``path``: test accuracy against weight sparsity, one line per kind of model
+    (``rows`` as ``fedmodel compress`` tabulates them: ``kind``, ``sparsity``, ``accuracy``)."""
+    figure = _figure(width=7, height=4.5)
+    axes = figure.subplots()
+    kinds = list(dict.fromkeys(row["kind"] for row in rows))
+    for color, kind in zip(_colors(len(kinds)), kinds, strict=True):
+        points = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["kind"] == kind)
+        axes.plot(*zip(*points, strict=True), marker="o", color=color, label=kind)
+    axes.set(
+        title="Test accuracy vs sparsity (global magnitude pruning)",
+        xlabel="fraction of Linear/Conv weights pruned",
+        ylabel="test accuracy",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="lower left")
+    return _save(figure, Path(path))

@@ -44,6 +44,10 @@ class RoundMetrics:
     (weighted by their examples), ``nan`` when no client evaluated. ``clients_rejected``
     counts the training replies that arrived but were not aggregated because their update
     failed validation (wrong arrays, non-finite values, an update norm over the bound).
+    ``bytes_sent`` is the serialised size (Flower's protobuf records) of the round's
+    training replies, ``bytes_uncompressed`` their size with full weights in place of a
+    compressed update (run-config ``update-compression``); ``bytes_ratio`` is
+    ``bytes_sent / bytes_uncompressed`` (1 without compression, ``nan`` with no reply).
     """
 
     round: int
@@ -58,15 +62,20 @@ class RoundMetrics:
     client_accuracy: float = math.nan
     client_loss: float = math.nan
     clients_rejected: int = 0
+    bytes_sent: int = 0
+    bytes_uncompressed: int = 0
+    bytes_ratio: float = math.nan
 
-    def line(self, *, num_rounds: int, dp: bool) -> str:
-        """The one line printed per round."""
+    def line(self, *, num_rounds: int, dp: bool, compressed: bool = False) -> str:
+        """The one line printed per round (with the bytes sent when ``compressed``)."""
         privacy = (
             f"ε max {self.epsilon_max:.3f} mean {self.epsilon_mean:.3f}" if dp else "ε ∞ (DP off)"
         )
         failed = f" | {self.clients_failed} failed" if self.clients_failed else ""
         if self.clients_rejected:
             failed += f" | {self.clients_rejected} rejected"
+        if compressed:
+            failed += f" | {self.bytes_sent / 1e6:.3f} MB sent ({self.bytes_ratio:.3f}x)"
         evaluation = f"test acc {self.test_accuracy:.4f} | test loss {self.test_loss:.4f}"
         if math.isnan(self.test_accuracy) and not math.isnan(self.client_accuracy):
             evaluation = (

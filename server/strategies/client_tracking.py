@@ -8,13 +8,20 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmodel.records import record_to_ledger
+from fedmodel.compression import decompress
+from fedmodel.records import (
+    COMPRESSED_ARRAYS_KEY,
+    COMPRESSION_KEY,
+    record_to_ledger,
+    records_to_compressed,
+    serialized_size,
+)
 from server.strategies.update_validation import UpdateValidator, all_finite
 
 
@@ -43,6 +50,15 @@ class ClientTracking(Strategy):
     the global model is kept, and so is the wrapped strategy's own state (FedAvgM's
     momentum, FedAdam's moments), restored to what it was before the round. Why a
     round kept the global model is :attr:`unchanged_reason`.
+
+    A reply with a compressed update (run-config ``update-compression``,
+    :mod:`fedmodel.compression`) is turned back into weights after the ledger checks
+    and before validation: the global arrays it was sent plus the decompressed update,
+    so that validation and aggregation see weights as from any other reply; a malformed
+    one is rejected like an invalid update. :attr:`last_round_bytes` is what the
+    round's training replies measured serialised (Flower's protobuf records),
+    :attr:`last_round_uncompressed_bytes` what they measure with the weights in place
+    of the compressed update (a reply dropped before that counts as sent).
 
     Parameters
     ----------
@@ -86,6 +102,9 @@ class ClientTracking(Strategy):
         self.last_round_epsilons: dict[str, float] = {}
         self.last_round_updated = False
         self._sent: list[Message] = []
+        self._global: dict[str, Any] = {}  # the global arrays of the round, as tensors
+        self.last_round_bytes = 0
+        self.last_round_uncompressed_bytes = 0
         self.ledgers: dict[str, dict[str, Any]] = {}
         self._steps_seen: dict[str, int] = {}
         self.last_round_failures: list[str] = []
@@ -173,6 +192,39 @@ class ClientTracking(Strategy):
         log(WARNING, "Dropping training reply from %s: %s", source, reason)
         self.last_round_failures.append(f"{source}: {reason}")
 
+    def _reconstructed(self, reply: Message, node_id: int, sent: int) -> Message | None:
+        """The reply with weights in place of its compressed update (None: malformed).
+
+        ``sent`` is the reply's serialised size; the size it has with full weights is
+        added to :attr:`last_round_uncompressed_bytes`.
+        """
+        if COMPRESSION_KEY not in reply.content and COMPRESSED_ARRAYS_KEY not in reply.content:
+            self.last_round_uncompressed_bytes += sent
+            return reply
+        source = f"node {node_id}"
+        try:
+            update = decompress(records_to_compressed(reply.content, source=source))
+        except (ValueError, TypeError, RuntimeError) as error:  # the client's, however odd
+            self.last_round_uncompressed_bytes += sent
+            log(WARNING, "Dropping training reply from %s: %s", source, error)
+            self.last_round_rejections.append(f"{source}: {error}")
+            return None
+        weights = {}
+        for name, delta in update.items():
+            base = self._global.get(name)
+            fits = base is not None and base.shape == delta.shape and base.dtype == delta.dtype
+            weights[name] = base + delta if fits else delta  # a misfit: validation names it
+        content = RecordDict(
+            {
+                key: record
+                for key, record in reply.content.items()
+                if key not in (COMPRESSION_KEY, COMPRESSED_ARRAYS_KEY)
+            }
+        )
+        content["arrays"] = ArrayRecord(weights)
+        self.last_round_uncompressed_bytes += serialized_size(content)
+        return Message(metadata=reply.metadata, content=content)
+
     def _validated(self, reply: Message, node_id: int) -> Message | None:
         """The reply to aggregate (clipped if so asked), or None when its update is unfit."""
         verdict = self.validator.check(reply.content)
@@ -198,6 +250,7 @@ class ClientTracking(Strategy):
         # Kept: the Grid stamps each with its message id, which replies refer to.
         self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.validator.use_reference(arrays)  # what every reply's model must match
+        self._global = arrays.to_torch_state_dict()  # what compressed updates add to
         return self._sent
 
     def aggregate_train(
@@ -206,6 +259,7 @@ class ClientTracking(Strategy):
         self.last_round_failures = []
         self.last_round_rejections = []
         self.last_round_epsilons = {}
+        self.last_round_bytes = self.last_round_uncompressed_bytes = 0
         destination = {sent.metadata.message_id: sent.metadata.dst_node_id for sent in self._sent}
         answered: set[int] = set()
         accepted = []
@@ -214,10 +268,15 @@ class ClientTracking(Strategy):
             if node_id == SUPERLINK_NODE_ID:  # the SuperLink answered for the node
                 node_id = destination.get(reply.metadata.reply_to_message_id, node_id)
             answered.add(node_id)
-            if self._accept(reply, node_id):
-                checked = self._validated(reply, node_id)
-                if checked is not None:
-                    accepted.append(checked)
+            sent = 0 if reply.has_error() else serialized_size(reply.content)
+            self.last_round_bytes += sent
+            if not self._accept(reply, node_id):
+                self.last_round_uncompressed_bytes += sent
+                continue
+            rebuilt = self._reconstructed(reply, node_id, sent)
+            checked = None if rebuilt is None else self._validated(rebuilt, node_id)
+            if checked is not None:
+                accepted.append(checked)
         waited = f" within {self.round_timeout:g} s" if self.round_timeout else ""
         for sent in self._sent:
             if sent.metadata.dst_node_id not in answered:

@@ -5,7 +5,10 @@
 - ``download``: :mod:`simulations.cli.download`;
 - ``deploy-local``: :mod:`simulations.cli.deploy_local`;
 - ``make-certs``, ``make-node-key``: :mod:`simulations.cli.make_certs`,
-  :mod:`simulations.cli.make_node_key`.
+  :mod:`simulations.cli.make_node_key`;
+- ``compress`` (prune and quantise a run's model), ``plot`` (redraw a run's plots),
+  ``explain`` (attributions on the server's test set): :mod:`simulations.cli.compress`,
+  :mod:`simulations.cli.plot`, :mod:`simulations.cli.explain`.
 
 :func:`main` is the one place that turns an expected failure into one line on stderr
 (``fedmodel: invalid config: ...``) and an exit code; ``fedmodel --debug ...`` adds the
@@ -26,7 +29,16 @@ import os
 import sys
 import traceback
 
-from simulations.cli import deploy_local, download, make_certs, make_node_key, simulate
+from simulations.cli import (
+    compress,
+    deploy_local,
+    download,
+    explain,
+    make_certs,
+    make_node_key,
+    plot,
+    simulate,
+)
 from simulations.cli.common import CommandFailed
 
 EXIT_CODES = """\
@@ -51,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an error as well"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (simulate, download, deploy_local, make_certs, make_node_key):
+    for command in (
+        simulate,
+        download,
+        deploy_local,
+        make_certs,
+        make_node_key,
+        explain,
+        compress,
+        plot,
+    ):
         command.add_parser(commands)
     return parser
 

@@ -207,7 +207,8 @@ def test_the_round_counts_and_prints_rejections_and_a_kept_model(tmp_path, capsy
     assert out[3] == "  global model unchanged: the aggregate is not finite"
     rounds = load_metrics(folder.path)
     assert [r.clients_rejected for r in rounds] == [1, 0]
-    assert (folder.path / "metrics.csv").read_text().splitlines()[0].endswith(",clients_rejected")
+    header = (folder.path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "clients_rejected" in header
 
 
 def test_a_nan_client_in_a_five_client_run_is_rejected_every_round(tmp_path, capsys):
