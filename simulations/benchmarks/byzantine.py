@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedmodel.config import BYZANTINE_ATTACKS
@@ -51,6 +50,7 @@ from simulations.benchmarks.machine import (
     default_data_dir,
     has_mnist,
     header,
+    mnist_subset,
     table,
 )
 
@@ -81,23 +81,8 @@ class Outcome:
 
 
 def subset_data(data_dir: str, folder: Path, *, train: int, test: int, seed: int) -> dict:
-    """Seeded MNIST subsets as two custom-data ``.npz`` files; the run-config keys for them."""
-    with np.load(Path(data_dir) / "mnist.npz") as arrays:
-        rng = np.random.default_rng(seed)
-        picked = {}
-        for split, count in (("train", train), ("test", test)):
-            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-            index = np.sort(rng.choice(len(y), size=count, replace=False))
-            pixels = (x[index].reshape(count, -1) / np.float32(255.0)).astype(np.float32)
-            path = folder / f"mnist-{split}-{count}.npz"
-            np.savez(path, x=pixels, y=y[index].astype(np.int64))
-            picked[split] = str(path)
-    return {
-        "dataset": "custom",
-        "data-path": picked["train"],
-        "test-data": picked["test"],
-        "num-classes": 10,
-    }
+    """Seeded MNIST subsets (flattened pixels) as custom data; the run-config keys for them."""
+    return mnist_subset(data_dir, folder, train=train, test=test, seed=seed, flatten=True)
 
 
 def run(values: dict[str, Any], *, num_clients: int, run_dir: Path) -> Outcome:

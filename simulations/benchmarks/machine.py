@@ -14,6 +14,9 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR_ENV = "FEDMODEL_DATA_DIR"
@@ -118,3 +121,29 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def mnist_subset(
+    data_dir: str, folder: Path, *, train: int, test: int, seed: int, flatten: bool
+) -> dict[str, Any]:
+    """Seeded MNIST subsets written as custom-data ``.npz`` files; the run-config keys.
+
+    Pixels scaled to [0, 1], flattened to 784 features or kept as ``1x28x28`` images.
+    """
+    with np.load(Path(data_dir) / "mnist.npz") as arrays:
+        rng = np.random.default_rng(seed)
+        picked = {}
+        for split, count in (("train", train), ("test", test)):
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            index = np.sort(rng.choice(len(y), size=count, replace=False))
+            images = x[index].reshape(count, -1) if flatten else x[index][:, None]
+            pixels = (images / np.float32(255.0)).astype(np.float32)
+            path = folder / f"mnist-{split}-{count}.npz"
+            np.savez(path, x=pixels, y=y[index].astype(np.int64))
+            picked[split] = str(path)
+    return {
+        "dataset": "custom",
+        "data-path": picked["train"],
+        "test-data": picked["test"],
+        "num-classes": 10,
+    }
