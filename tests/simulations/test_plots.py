@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,33 +9,10 @@ from pathlib import Path
 from matplotlib.image import imread
 
 from fedmodel.config import RunConfig
-from fedmodel.results import RoundMetrics, RunFolder
 from simulations.plots import plot_run
+from tests.simulations.run_folders import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def metrics(round_: int, *, accuracy: float, epsilon: float) -> RoundMetrics:
-    return RoundMetrics(
-        round=round_,
-        test_accuracy=accuracy,
-        test_loss=1.0 / round_,
-        epsilon_max=epsilon,
-        epsilon_mean=epsilon / 2,
-        clients_trained=4,
-        clients_failed=0,
-        train_loss=1.2 / round_,
-        seconds=0.1,
-    )
-
-
-def make_run(path: Path, config: RunConfig, rounds: int) -> RunFolder:
-    folder = RunFolder(path)
-    folder.create(config)
-    for r in range(1, rounds + 1):
-        eps = 0.5 * r if config.dp else math.inf
-        folder.add_round(metrics(r, accuracy=0.1 * r, epsilon=eps))
-    return folder
 
 
 def test_run_plot_is_a_readable_png_for_dp_and_plain_runs(tmp_path):
