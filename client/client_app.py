@@ -109,7 +109,7 @@ def _replies_with_errors(handler: Callable[[Message, Context], Message]):
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's data; reply with the update."""
     policy = NodePolicy.from_node_config(context.node_config)
-    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy, context)
     privacy = _client_privacy(context, config, policy)
     server_round = int(msg.content["config"]["server-round"])
     dataset = _client_dataset(context, config)
@@ -197,7 +197,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     records the guarantee protects, so the node refuses.
     """
     policy = NodePolicy.from_node_config(context.node_config)
-    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy, context)
     held_out = None
     if _own_data(config) and _custom_data(context, config).test is not None:
         held_out = _custom_data(context, config).test.dataset  # type: ignore[union-attr]
@@ -230,7 +230,7 @@ def describe_data(msg: Message, context: Context) -> Message:
     exists; no class names or counts read from the records.
     """
     policy = NodePolicy.from_node_config(context.node_config)
-    config = _node_view(RunConfig.from_mapping(context.run_config), policy)
+    config = _node_view(RunConfig.from_mapping(context.run_config), policy, context)
     source = _custom_data(context, config)
     check_trainable(
         len(source.train),
@@ -260,11 +260,15 @@ def client_name(context: Context) -> str:
     return f"node-{context.node_id}"
 
 
-def _node_view(config: RunConfig, policy: NodePolicy) -> RunConfig:
-    """The run config as this node applies it: a deployed node's data locations are its own."""
+def _node_view(config: RunConfig, policy: NodePolicy, context: Context) -> RunConfig:
+    """The run config as this node applies it: a deployed node's data locations are its own.
+
+    The node config's ``data-dir`` wins; a simulated node may also use the run config's.
+    """
+    own_dir = str(context.node_config.get("data-dir", ""))
     if policy.simulated:
-        return config
-    return config.replace(data_dir="", data_path="", test_data="")
+        return config.replace(data_dir=own_dir) if own_dir else config
+    return config.replace(data_dir=own_dir, data_path="", test_data="")
 
 
 def _client_privacy(context: Context, config: RunConfig, policy: NodePolicy) -> ClientPrivacy:
@@ -273,7 +277,7 @@ def _client_privacy(context: Context, config: RunConfig, policy: NodePolicy) -> 
     else:
         data_path = ""
     node_config = dict(context.node_config)
-    if policy.simulated and config.data_dir and "data-dir" not in node_config:
+    if config.data_dir:  # the node's view: its own data-dir, or a simulation's
         node_config["data-dir"] = config.data_dir
     privacy = ClientPrivacy(
         policy=policy,
@@ -312,8 +316,6 @@ def _client_dataset(context: Context, config: RunConfig):
         raise ConfigError(
             f"partition-id {partition_id} is out of range for {num_partitions} partitions"
         )
-    if node.get("data-dir"):
-        config = config.replace(data_dir=str(node["data-dir"]))
     return load_partition(config, partition_id=partition_id, num_partitions=num_partitions)
 
 
@@ -333,9 +335,6 @@ def _model_for(config: RunConfig, msg: Message, context: Context):
         check_fits(_custom_data(context, config), federation)
         input_shape, num_classes = federation.input_shape, federation.num_classes
     else:
-        node_data_dir = context.node_config.get("data-dir")
-        if node_data_dir:
-            config = config.replace(data_dir=str(node_data_dir))
         input_shape, num_classes = data_shape(config)
     return build_model(
         config.model,
