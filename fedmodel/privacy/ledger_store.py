@@ -190,7 +190,16 @@ def _all_entries(document: Mapping[str, Any]) -> list[list[float]]:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+") as lock:
+    # O_NOFOLLOW: a symbolic link planted at the lock's name (by anyone who can write the
+    # folder) must not make the node create or lock a file elsewhere; 0600: only the node.
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as error:
+        raise LedgerError(
+            f"privacy ledger lock {lock_path} cannot be opened ({error.strerror}); "
+            "a symbolic link there is refused"
+        ) from error
+    with os.fdopen(fd, "r+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -65,6 +65,8 @@ def deploy_local(
         tls=tls,
         auth=auth,
         warm=warm,
+        # This machine's nodes run this project as installed, and nothing else.
+        require_installed_app=warm,
         node_configs=[dict(node_data) for _ in range(num_clients)],
     )
     if config.resume and config.dp:

@@ -28,6 +28,13 @@ from typing import Any
 
 import tomli_w
 
+from server.deployment.private_files import (
+    PRIVATE_UMASK,
+    make_private_dir,
+    open_private_log,
+    write_file,
+)
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -88,7 +95,12 @@ def tail(text: str, lines: int = 30) -> str:
 
 
 class ManagedProcess:
-    """A process started in its own process group, with its output in a log file."""
+    """A process started in its own process group, with its output in a log file.
+
+    The log is ``0600`` in a ``0700`` folder, and the process runs under umask ``077``:
+    what Flower writes (its ``FLWR_HOME``, FAB copies, a node's ledgers, a run folder)
+    is its operator's only, whatever the caller's umask.
+    """
 
     def __init__(
         self,
@@ -102,8 +114,7 @@ class ManagedProcess:
         self.name = name
         self.args = list(args)
         self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        with os.fdopen(open_private_log(log_path), "ab") as log:
             self.popen = subprocess.Popen(
                 self.args,
                 stdout=log,
@@ -112,6 +123,7 @@ class ManagedProcess:
                 env=dict(env),
                 cwd=cwd,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,
             )
 
     @property
@@ -192,10 +204,10 @@ def write_cli_config(
         link["root-certificates"] = str(root_certificates)
     else:
         link["insecure"] = True
-    flwr_home.mkdir(parents=True, exist_ok=True)
+    make_private_dir(flwr_home)
     path = flwr_home / "config.toml"
     config = {"superlink": {"default": connection, connection: link}}
-    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    write_file(path, tomli_w.dumps(config).encode("utf-8"))
     return path
 
 
@@ -230,6 +242,7 @@ def stream_output(
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
+        umask=PRIVATE_UMASK,
     )
     expired = threading.Event()
 

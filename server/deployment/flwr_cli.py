@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from server.deployment.flower_processes import (
     tail,
     write_cli_config,
 )
+from server.deployment.private_files import make_private_dir
 
 CONNECTION = "fedmodel-local"
 
@@ -161,13 +163,21 @@ def stage_app(app_dir: Path, staged: Path) -> Path:
     Python packages only.
     """
     shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
+    make_private_dir(staged)
     for name in ("pyproject.toml", ".gitignore"):
         if (app_dir / name).exists():
-            shutil.copy2(app_dir / name, staged / name)
+            shutil.copyfile(app_dir / name, staged / name)
     for package in sorted(app_dir.iterdir()):
         if (package / "__init__.py").is_file() and not package.name.startswith("."):
             shutil.copytree(
-                package, staged / package.name, ignore=shutil.ignore_patterns("__pycache__")
+                package,
+                staged / package.name,
+                ignore=shutil.ignore_patterns("__pycache__"),
+                copy_function=shutil.copyfile,
             )
+    # The copy is the deployment's, in its 0700 work folder: owner-only, whatever the umask.
+    for folder, _, files in os.walk(staged):
+        os.chmod(folder, 0o700)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o600)
     return staged

@@ -12,8 +12,9 @@ the deployment tests and benchmarks.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from server.deployment.flower_processes import (
 )
 from server.deployment.flwr_cli import FlwrCli, RunOutcome, stage_app
 from server.deployment.node_keys import make_node_keys
+from server.deployment.private_files import make_private_dir, write_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Flower's per-message ClientApp launcher (flower-superexec) polls its SuperNode for
@@ -66,7 +68,14 @@ class LocalFederation:
         Start the SuperLink and each SuperNode with ``--isolation process``, each next
         to the warm launcher of :mod:`server.deployment.warm_executor` (imports once,
         forks per task), instead of Flower's default of a fresh ``flwr-clientapp``
-        process per message and ``flwr-serverapp`` per run.
+        process per message and ``flwr-serverapp`` per run. Each launcher and its
+        process share a fresh SuperExec secret (``--superexec-auth-secret-file``), so
+        nothing else on the machine can take their tasks.
+    require_installed_app : bool or collection of int
+        With ``warm``: launchers refuse a submitted app whose files are not the
+        installed distribution's (``--require-installed-app``, see
+        :mod:`server.deployment.app_pin`): every launcher (``True``), or those of the
+        given node indices (``-1``: the SuperLink's).
     node_threads : int, optional
         Threads each node's torch may use (``OMP_NUM_THREADS``); by default the cores
         divided among the nodes: several nodes on one machine share its cores rather
@@ -85,6 +94,7 @@ class LocalFederation:
         auth: bool = False,
         app_dir: str | os.PathLike[str] = PROJECT_ROOT,
         warm: bool = True,
+        require_installed_app: bool | Collection[int] = False,
         node_threads: int | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
@@ -98,6 +108,12 @@ class LocalFederation:
         self.auth = auth
         self.app_dir = Path(app_dir).resolve()
         self.warm = warm
+        self.require_installed_app = require_installed_app
+        self._pinned = (
+            {-1, *range(num_nodes)}
+            if require_installed_app is True
+            else set(require_installed_app or ())
+        )
         self.node_threads = node_threads or max(1, (os.cpu_count() or 1) // num_nodes)
         self.startup_timeout = startup_timeout
         self._extra_node_configs = [dict(c) for c in node_configs] if node_configs else None
@@ -158,7 +174,7 @@ class LocalFederation:
         )
 
     def start_superlink(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.work_dir)
         self.port = free_port()
         args = [flower_executable("flower-superlink"), "--host", LOOPBACK, "--port", str(self.port)]
         # Apps run in this environment: never let the SuperLink `uv sync` their deps.
@@ -180,7 +196,8 @@ class LocalFederation:
         if self.auth:
             args.append("--enable-supernode-auth")
         if self.warm:
-            args += ["--isolation", "process"]
+            secret = self._superexec_secret(self.work_dir / "superlink")
+            args += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
         env = flower_env(self.work_dir / "superlink" / "flwr-home", LOCAL_ENV)
         log_path = self.work_dir / "logs" / "superlink.log"
         self.superlink = ManagedProcess("SuperLink", args, log_path=log_path, env=env)
@@ -188,7 +205,7 @@ class LocalFederation:
         if self.warm:  # the ServerApp of each run: the SuperLink's Runtime API, same port
             tls = ["--root-certificates", str(ca_cert)] if ca_cert else []
             self.executors[-1] = self._start_executor(
-                "ServerApp executor", self.address, tls, self.superlink, env, log_path
+                -1, "ServerApp executor", self.address, tls, self.superlink, env, log_path
             )
         self._cli = FlwrCli(
             self.work_dir / "flwr-cli", self.address, root_certificates=ca_cert, env=LOCAL_ENV
@@ -197,6 +214,7 @@ class LocalFederation:
 
     def _start_executor(
         self,
+        index: int,
         name: str,
         runtime_address: str,
         tls_args: list[str],
@@ -205,6 +223,8 @@ class LocalFederation:
         log_path: Path,
     ) -> ManagedProcess:
         """The warm task launcher (``server.deployment.warm_executor``) of ``parent``."""
+        secret = parent.args[parent.args.index("--superexec-auth-secret-file") + 1]
+        pin = ["--require-installed-app"] if index in self._pinned else []
         return ManagedProcess(
             name,
             [
@@ -216,10 +236,21 @@ class LocalFederation:
                 runtime_address,
                 "--parent-pid",
                 str(parent.pid),
+                "--superexec-auth-secret-file",
+                secret,
+                *pin,
             ],
             log_path=log_path,
             env=env,
         )
+
+    @staticmethod
+    def _superexec_secret(folder: Path) -> Path:
+        """A fresh SuperExec shared secret in ``folder`` (0600): one per launcher pair."""
+        make_private_dir(folder)
+        path = folder / "superexec.secret"
+        write_file(path, secrets.token_hex(32).encode("ascii"))
+        return path
 
     # -- SuperNodes -------------------------------------------------------------------
 
@@ -271,7 +302,8 @@ class LocalFederation:
             config_arg(self.node_config(index)),
         ]
         if self.warm:
-            args += ["--isolation", "process"]
+            secret = self._superexec_secret(self.node_dir(index))
+            args += ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
         if self.tls:
             args += ["--root-certificates", str(self.certificates.ca_cert)]
         else:
@@ -283,7 +315,7 @@ class LocalFederation:
         starts = self._node_starts.get(index, 0) + 1
         self._node_starts[index] = starts
         suffix = "" if starts == 1 else f"-restart{starts - 1}"
-        self.node_dir(index).mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.node_dir(index))
         threads = {"OMP_NUM_THREADS": str(self.node_threads)}
         env = flower_env(self.node_dir(index) / "flwr-home", {**LOCAL_ENV, **threads})
         log_path = self.work_dir / "logs" / f"node-{index}{suffix}.log"
@@ -292,6 +324,7 @@ class LocalFederation:
         )
         if self.warm:  # the node's Runtime API is plain HTTP on loopback
             self.executors[index] = self._start_executor(
+                index,
                 f"ClientApp executor {index}",
                 f"{LOOPBACK}:{runtime_port}",
                 [],
@@ -333,4 +366,3 @@ class LocalFederation:
         """Submit a run of the app in ``app_dir``; see :meth:`FlwrCli.submit`."""
         app = stage_app(self.app_dir, self.work_dir / "app")
         return self.cli.submit(app, run_config, timeout=timeout, on_line=on_line)
-

@@ -16,6 +16,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from server.deployment.private_files import PRIVATE_FILE, PUBLIC_FILE, make_private_dir, write_file
+
 
 @dataclass(frozen=True)
 class NodeKeyPaths:
@@ -28,7 +30,9 @@ class NodeKeyPaths:
 def make_node_keys(
     out_dir: str | os.PathLike[str], *, name: str, overwrite: bool = False
 ) -> NodeKeyPaths:
-    """Write ``<out_dir>/<name>`` (private, mode 0600) and ``<out_dir>/<name>.pub``.
+    """Write ``<out_dir>/<name>`` (private, mode 0600) and ``<out_dir>/<name>.pub`` (0644).
+
+    ``out_dir`` is created ``0700``; the modes hold whatever the umask.
 
     Parameters
     ----------
@@ -43,9 +47,9 @@ def make_node_keys(
         raise ValueError(f"name must be a plain file name, got {name!r}")
     out = Path(out_dir)
     paths = NodeKeyPaths(private_key=out / name, public_key=out / f"{name}.pub")
-    existing = [str(p) for p in vars(paths).values() if p.exists()]
+    existing = [str(p) for p in vars(paths).values() if p.exists() or p.is_symlink()]
     if existing and not overwrite:
-        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use overwrite)")
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use --overwrite)")
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -55,13 +59,7 @@ def make_node_keys(
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    out.mkdir(parents=True, exist_ok=True)
-    for path, data, mode in (
-        (paths.private_key, private, 0o600),
-        (paths.public_key, public + b"\n", 0o644),
-    ):
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+    make_private_dir(out)
+    write_file(paths.private_key, private, mode=PRIVATE_FILE)
+    write_file(paths.public_key, public + b"\n", mode=PUBLIC_FILE)
     return paths

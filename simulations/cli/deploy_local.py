@@ -85,8 +85,15 @@ def run(args: argparse.Namespace) -> int:
     if not config.run_dir:  # as `simulate`: under ./runs, not in the work folder
         values["run-dir"] = str(default_run_dir(config).resolve())
 
-    work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="fedmodel-"))
-    logs = work_dir / "logs"
+    # A temporary work folder holds the CA's and the SuperLink's private keys: it goes
+    # however the command ends (failure, timeout, Ctrl-C, SIGTERM), not only on success.
+    temporary = not args.work_dir
+    work_dir = Path(tempfile.mkdtemp(prefix="fedmodel-")) if temporary else Path(args.work_dir)
+    logs = (
+        "deleted with the temporary work folder; keep them with --work-dir"
+        if temporary
+        else (str(work_dir / "logs"))
+    )
     # `kill` of this command must stop the federation too, not orphan it.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -107,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandFailed(f"deployment failed: {error} (logs: {logs})") from error
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if temporary:
+            shutil.rmtree(work_dir, ignore_errors=True)
     if result.status != "finished:completed" or not result.rounds:
         raise CommandFailed(f"run {result.run_id} ended {result.status}; logs: {logs}")
-    if not args.work_dir:
-        shutil.rmtree(work_dir, ignore_errors=True)
     print_done(started, result.final, dp=config.dp, run_id=result.run_id, run_dir=result.run_dir)
     return 0
 

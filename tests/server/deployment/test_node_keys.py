@@ -19,3 +19,12 @@ def test_node_keys_are_openssh_ec_p384_and_match(tmp_path):
     assert stat.S_IMODE(keys.private_key.stat().st_mode) == 0o600
     with pytest.raises(ValueError, match="plain file name"):
         make_node_keys(tmp_path, name="../node")
+
+
+def test_key_files_and_folder_modes_hold_whatever_the_umask(tmp_path, open_umask):
+    keys = make_node_keys(tmp_path / "keys", name="node-0")
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in [keys.private_key.parent, keys.private_key, keys.public_key]
+    }
+    assert modes == {"keys": 0o700, "node-0": 0o600, "node-0.pub": 0o644}
