@@ -15,10 +15,17 @@ virtual nodes the node config ``partition-id`` / ``num-partitions``. That is wha
 runtime dependency installation (this environment already has everything), and a Ray
 instance of its own unless ``RAY_ADDRESS`` names a cluster to join (README, "Simulate at
 scale"). The SuperLink and everything it started are stopped at the end, also on error.
+
+GPUs (README, "GPU"): ``gpus_per_client`` is Flower's ``client-resources-num-gpus``, the
+share of a GPU Ray reserves for each actor (0.25: four actors per GPU). Ray sets each
+actor's ``CUDA_VISIBLE_DEVICES`` to the GPUs it reserved, and to none when it reserved
+none, so run-config ``device = "auto"`` trains on the actor's GPU share or on its CPU. The
+ServerApp (central evaluation) runs outside the actors and sees the machine's GPUs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -58,11 +65,38 @@ _FLOWER_LOG_LINE = re.compile(
 )
 
 
+def _check_gpus(config: RunConfig, gpus_per_client: float) -> None:
+    """Refuse GPU settings Ray would hang on or the actors could not honour, up front."""
+    if not (gpus_per_client >= 0 and math.isfinite(gpus_per_client)) or (
+        gpus_per_client > 1 and not float(gpus_per_client).is_integer()
+    ):
+        # Ray's rule: a share of one GPU, or whole GPUs.
+        raise ConfigError(
+            f"--gpus-per-client = {gpus_per_client!r} is out of range: must be 0, a fraction "
+            "in (0, 1] or a whole number of GPUs"
+        )
+    if config.device not in ("auto", "cpu") and not gpus_per_client:
+        raise ConfigError(
+            f"run-config key 'device' = {config.device!r} on the Ray engine needs "
+            "--gpus-per-client > 0: Ray hides the GPUs from actors that reserve none"
+        )
+    if gpus_per_client and "RAY_ADDRESS" not in os.environ:
+        import torch  # the local Ray instance has the GPUs this process sees
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--gpus-per-client = {gpus_per_client!r}, but this machine has no CUDA "
+                "device for the local Ray instance (Ray would wait forever for one); "
+                "set RAY_ADDRESS to join a cluster with GPUs, or leave it at 0"
+            )
+
+
 def simulate_on_ray(
     config: RunConfig | Mapping[str, Any] | None = None,
     *,
     num_clients: int | None = None,
     workers: int = 0,
+    gpus_per_client: float = 0.0,
     verbose: bool = False,
     timeout: float | None = None,
 ) -> SimulationResult:
@@ -77,6 +111,9 @@ def simulate_on_ray(
     workers : int
         Number of Ray actors (each one CPU) on a local Ray instance; 0: one per CPU.
         Ignored when joining a cluster (``RAY_ADDRESS``): the cluster's CPUs decide.
+    gpus_per_client : float
+        GPUs Ray reserves per actor (Flower's ``client-resources-num-gpus``): 0 (none:
+        clients train on CPUs), a fraction below 1 (actors share a GPU) or a whole number.
     verbose : bool
         Show Flower's and Ray's log lines too (off: the ServerApp's lines only).
     timeout : float, optional
@@ -98,6 +135,7 @@ def simulate_on_ray(
         raise ConfigError(f"number of clients = {num_clients} is out of range: must be >= 1")
     if workers < 0:
         raise ConfigError(f"number of workers = {workers} is out of range: must be >= 0")
+    _check_gpus(run_config, gpus_per_client)
     check_delta(run_config, num_clients=num_clients)
     run_dir = Path(run_config.run_dir) if run_config.run_dir else default_run_dir(run_config)
     run_dir = run_dir.resolve()  # the ServerApp runs in another process and folder
@@ -115,7 +153,10 @@ def simulate_on_ray(
     env = flower_env(
         home,
         {
-            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray's default to come; silences its notice
+            # Ray empties CUDA_VISIBLE_DEVICES of actors that reserve no GPU (today's
+            # default, kept explicitly: with "0", Ray's default to come, every actor would see
+            # every GPU and "auto" would put them all on cuda:0 unreserved).
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
             # Flower gives Ray's virtual nodes no node config of ours: mark them simulated
             # (seeded randomness etc., fedmodel.privacy.node_policy) through their environment.
             SIMULATED_NODES_ENV: "1",
@@ -124,7 +165,9 @@ def simulate_on_ray(
     write_cli_config(home, CONNECTION, address)
     run_config_file = home / "run-config.toml"
     run_config_file.write_text(tomli_w.dumps(run_config.to_mapping()), encoding="utf-8")
-    federation = {"num-supernodes": num_clients, "client-resources-num-cpus": 1}
+    federation: dict[str, Any] = {"num-supernodes": num_clients, "client-resources-num-cpus": 1}
+    if gpus_per_client:
+        federation["client-resources-num-gpus"] = float(gpus_per_client)
     if workers and "RAY_ADDRESS" not in os.environ:
         federation["init-args-num-cpus"] = workers
     if "RAY_ADDRESS" not in os.environ:
