@@ -11,6 +11,7 @@ Layout::
       metrics.csv          the same, as a table
       model.pt             global model state dict (loads into build_model(name, ...))
       privacy/<client>.json  each client's ledger: accountant history, δ, ε
+      privacy.json, privacy.md  the privacy report (fedmodel/results/privacy_report.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from fedmodel.atomic_files import write_atomically
 from fedmodel.config import ConfigError, RunConfig
 from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
+from fedmodel.results.privacy_report import privacy_markdown
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class RoundMetrics:
     training replies, ``bytes_uncompressed`` their size with full weights in place of a
     compressed update (run-config ``update-compression``); ``bytes_ratio`` is
     ``bytes_sent / bytes_uncompressed`` (1 without compression, ``nan`` with no reply).
+    ``user_epsilon`` is the user-level ε of the federation after this round (DP-FedAvg,
+    run-config ``privacy-unit``; δ and accountant in ``privacy.json``), ``nan`` without it.
     """
 
     round: int
@@ -65,12 +69,16 @@ class RoundMetrics:
     bytes_sent: int = 0
     bytes_uncompressed: int = 0
     bytes_ratio: float = math.nan
+    user_epsilon: float = math.nan
 
     def line(self, *, num_rounds: int, dp: bool, compressed: bool = False) -> str:
         """The one line printed per round (with the bytes sent when ``compressed``)."""
         privacy = (
             f"ε max {self.epsilon_max:.3f} mean {self.epsilon_mean:.3f}" if dp else "ε ∞ (DP off)"
         )
+        if not math.isnan(self.user_epsilon):  # user-level DP (privacy-unit user or both)
+            user = f"user-level ε {self.user_epsilon:.3f}"
+            privacy = f"{privacy} | {user}" if dp else user
         failed = f" | {self.clients_failed} failed" if self.clients_failed else ""
         if self.clients_rejected:
             failed += f" | {self.clients_rejected} rejected"
@@ -89,8 +97,29 @@ class RoundMetrics:
 
 def privacy_header(config: RunConfig) -> str:
     """The line that says what every printed ε means."""
+    user = ""
+    if config.privacy_unit != "record":
+        sampling = (
+            "Poisson client sampling, add/remove one client"
+            if config.client_sampling == "poisson"
+            else "fixed-size cohort without replacement, replace-one client"
+        )
+        user = (
+            f"user-level ε: DP-FedAvg over whole clients (z = {config.user_noise_multiplier:g}, "
+            f"{config.user_clipping} clipping C = {config.user_clipping_norm:g}), RDP "
+            f"accountant (Flower's, dp_accounting), δ = {config.delta:g}, composed over every "
+            f"noised round, {sampling}; noise drawn by the server"
+        )
     if not config.dp:
+        if user:
+            return f"{user}. Clients train without DP-SGD (dp = false): no record-level ε."
         return "DP off: plain SGD, no privacy guarantee (ε = ∞)."
+    if user:
+        return f"{_record_header(config)}\n{user}"
+    return _record_header(config)
+
+
+def _record_header(config: RunConfig) -> str:
     return (
         f"ε: record-level DP per client, composed over every DP-SGD step on its data, "
         f"{ACCOUNTANT_NAMES[config.accountant]} accountant, δ = {config.delta:g}; noise and "
@@ -122,9 +151,13 @@ class RunFolder:
         (self.path / "privacy").mkdir(parents=True, exist_ok=True)
         document = {"run_config": config.to_mapping(), **(extra or {})}
         write_atomically(self.path / "config.json", json.dumps(document, indent=2) + "\n")
+        self._write_metrics()  # a run that ends before round 1 still has (empty) metrics
 
     def add_round(self, metrics: RoundMetrics) -> None:
         self.rounds.append(metrics)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
         rows = [asdict(r) for r in self.rounds]
         write_atomically(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
         buffer = io.StringIO()
@@ -137,6 +170,12 @@ class RunFolder:
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
         write_atomically(self.path / "model.pt", buffer.getvalue())
+
+    def save_privacy_report(self, report: dict[str, Any]) -> None:
+        """Write ``privacy.json`` and ``privacy.md`` (see ``privacy_report``)."""
+        text = json.dumps(report, indent=2) + "\n"
+        write_atomically(self.path / "privacy.json", text)
+        write_atomically(self.path / "privacy.md", privacy_markdown(report))
 
     def save_ledger(self, client: str, ledger: dict[str, Any]) -> None:
         """Write ``privacy/<client>.json`` (``ledger`` holds history, δ, ε, ...)."""
@@ -155,8 +194,6 @@ def check_new_run_dir(path: str | os.PathLike[str]) -> None:
     """Refuse a run folder that already holds a run (raises ``ConfigError``)."""
     if (Path(path) / "config.json").exists():
         raise ConfigError(f"run-config key 'run-dir' = {str(path)!r} already holds a run")
-
-
 
 
 __all__ = [

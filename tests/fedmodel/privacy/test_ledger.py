@@ -1,10 +1,13 @@
+import logging
 import math
 import random
+import warnings
 
 import pytest
 from opacus.accountants import RDPAccountant
 
 from fedmodel.privacy import PrivacyLedger
+from fedmodel.privacy.ledger import RDP_ORDERS
 
 
 def test_rdp_golden_value_from_opacus():
@@ -72,4 +75,39 @@ def test_cached_rdp_epsilon_equals_opacus_get_epsilon_bit_for_bit():
             for _ in range(steps):
                 reference.step(noise_multiplier=sigma, sample_rate=rate)
             # Asked again and again (as every round does): the cached answer stays exact.
-            assert ledger.epsilon() == reference.get_epsilon(delta=1e-5)
+            assert ledger.epsilon() == reference.get_epsilon(delta=1e-5, alphas=list(RDP_ORDERS))
+
+
+@pytest.mark.parametrize(
+    ("sigma", "rate", "steps", "best_order"),
+    [(6.0, 0.1, 1, 128), (8.0, 0.05, 2, 320), (10.0, 0.01, 1, 768)],
+)
+def test_short_runs_are_tight_without_opacus_largest_alpha_warning(sigma, rate, steps, best_order):
+    """A one-round, few-step run: its optimal RDP order lies above Opacus's default 63.
+
+    With Opacus's default orders these warn "Optimal order is the largest alpha" and
+    report a looser ε; the ledger's orders reach 1024, so no warning, and ε equals an
+    independent computation: Google's dp_accounting RDP accountant (Poisson-sampled
+    Gaussian, add/remove) at the ledger's integer orders, where the optimum lies.
+    """
+    dp_accounting = pytest.importorskip("dp_accounting")
+    from dp_accounting import rdp
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    ledger = PrivacyLedger(accountant="rdp", delta=1e-5)
+    ledger.record(noise_multiplier=sigma, sample_rate=rate, steps=steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Opacus's largest-alpha warning would raise here
+        epsilon = ledger.epsilon()
+    reference = rdp.RdpAccountant(orders=[a for a in RDP_ORDERS if float(a).is_integer()])
+    reference.compose(
+        dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma)), steps
+    )
+    expected, order = reference.get_epsilon_and_optimal_order(1e-5)
+    assert order == best_order > max(RDPAccountant.DEFAULT_ALPHAS)
+    assert epsilon == pytest.approx(expected, abs=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loose = RDPAccountant()
+        loose.history = [(sigma, rate, steps)]
+        assert epsilon < loose.get_epsilon(delta=1e-5)  # tighter than the default orders
