@@ -67,7 +67,9 @@ class ClientTracking(Strategy):
     require_ledger : bool
         Whether each training reply must carry a valid ledger (DP on).
     min_train_replies : int
-        Fewest accepted updates a round needs to change the global model.
+        Fewest accepted updates a round needs to change the global model; 0 hands even
+        an empty round to ``strategy`` (user-level DP: the round releases its noise, so
+        that every round is the accounted Gaussian mechanism).
     round_timeout : float, optional
         The round's timeout in seconds (only named in failure reports).
     max_update_norm : float
@@ -86,8 +88,8 @@ class ClientTracking(Strategy):
         max_update_norm: float = 0.0,
         update_norm_policy: str = "reject",
     ) -> None:
-        if min_train_replies < 1:
-            raise ValueError(f"min_train_replies must be >= 1, got {min_train_replies}")
+        if min_train_replies < 0:
+            raise ValueError(f"min_train_replies must be >= 0, got {min_train_replies}")
         self.strategy = strategy
         self.require_ledger = require_ledger
         self.min_train_replies = min_train_replies

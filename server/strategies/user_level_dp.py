@@ -24,8 +24,10 @@ Flower's accounted mode (``accountant=`` on the fixed-clipping wrappers) accepts
 ``SamplingMethod.NO_AMPLIFICATION`` and exactly ``m`` replies, so :class:`UserLevelDP`
 composes the rounds itself with Flower's ``RdpAccountant`` (Google's ``dp_accounting``):
 one ``GaussianPrivacyEvent`` per round that released a noised aggregate, Poisson
-add/remove or without-replacement replace-one (``fedmodel.privacy.user_level``). A
-round that released nothing (fewer than ``min-train-replies`` updates) is not composed.
+add/remove or without-replacement replace-one (``fedmodel.privacy.user_level``). Every
+round releases and is composed: with no update (nobody sampled, every reply missing or
+rejected) the release is the global model plus the noise alone, so each round is exactly
+the accounted sampled Gaussian mechanism (a skipped round would reveal the cohort's size).
 
 Only strategies whose aggregation is FedAvg's mean can carry the noise this way (the
 noise is added to the strategy's output: after FedAdam's or FedAvgM's server step it
@@ -310,7 +312,7 @@ class UserLevelDP(Strategy):
         # fixed clipping (adaptive clipping's clipped fraction then has one reply fewer in
         # its denominator: a known gap, README "User-level DP").
         moved = [reply for reply in replies if not _is_zero_update(reply, self._global)]
-        if replies and not moved:  # nothing moved: the release is the noise alone
+        if not moved:  # no update (none sampled, none arrived, none moved): noise alone
             arrays, metrics = self._noise_only(), None
         else:
             arrays, metrics = self.strategy.aggregate_train(server_round, moved)

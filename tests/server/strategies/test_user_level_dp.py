@@ -186,11 +186,17 @@ def test_updates_are_clipped_to_the_clipping_norm_before_averaging():
     np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 0.5), atol=1e-4)
 
 
-def test_a_round_that_releases_nothing_is_not_composed():
-    strategy, grid = _private(_plan()), _Nodes(100)
-    strategy.configure_train(1, _global(), ConfigRecord(), grid)
-    assert strategy.aggregate_train(1, []) == (None, None)
-    assert strategy.rounds_composed == 0 and strategy.epsilon() == 0.0
+def test_a_round_without_any_update_releases_the_noise_alone_and_is_composed():
+    # Skipping the round would reveal that the cohort was empty: the round is released
+    # (global model + N(0, (zC/m)^2)) and composed like any other, through ClientTracking.
+    private = _private(_plan(noise_multiplier=1.0, clipping_norm=1.0, clients_per_round=10))
+    tracked, grid = ClientTracking(private, require_ledger=False, min_train_replies=0), _Nodes(100)
+    list(tracked.configure_train(1, _global(size=20_000), ConfigRecord(), grid))
+    arrays, _ = tracked.aggregate_train(1, [])
+    assert arrays is not None
+    assert private.rounds_composed == 1
+    assert private.epsilon() == pytest.approx(REFERENCE_POISSON[1], abs=1e-3)
+    assert np.std(arrays["w"].numpy()) == pytest.approx(1.0 / 10, rel=0.05)
 
 
 def test_poisson_cohorts_have_the_expected_size_and_vary():
