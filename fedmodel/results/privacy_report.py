@@ -134,7 +134,12 @@ def _claims(
     if not config.dp and not user_level:
         not_protected.append("everything: DP is off (ε = ∞)")
     if secure:
-        protected.append("the individual updates: the server learns only their sum (SecAgg+)")
+        protected.append(
+            "the individual updates, against an honest-but-curious server: it learns only "
+            "their sum (SecAgg+; Flower 1.42 seeds each mask from a 32-bit value, "
+            "flwrlabs/flower#7522, so a server that searches the seeds can unmask: README, "
+            "'Secure aggregation')"
+        )
     else:
         not_protected.append(
             "the server sees individual updates (no secure aggregation)"

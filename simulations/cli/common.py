@@ -64,6 +64,11 @@ def print_done(
         parts.append(f"client accuracy {final.client_accuracy:.4f} (no central test set)")
     else:
         parts.append("no evaluation (no central test set, and no client evaluated)")
-    parts.append(f"max client ε {final.epsilon_max:.3f}" if dp else "DP off")
+    if dp:
+        parts.append(f"max client ε {final.epsilon_max:.3f}")
+    if not math.isnan(final.user_epsilon):  # privacy-unit user or both (DP-FedAvg)
+        parts.append(f"user-level ε {final.user_epsilon:.3f}")
+    elif not dp:
+        parts.append("DP off")
     line = f"done in {time.perf_counter() - started:.1f} s: " + ", ".join(parts)
     print(line if run_dir is None else f"{line}; run folder {run_dir}")
