@@ -37,7 +37,8 @@ It exits within a few seconds when the process it serves is gone: when ``--paren
 no longer runs (Flower's own check, plus one that counts a zombie as dead) or when the
 Runtime API at ``--runtime-api-address`` stops accepting connections (after having
 accepted them; 60 s to come up at first), so it cannot take tasks from whatever binds that
-port next. Its children go with it.
+port next. Its children go with it. Refused by that Runtime API (no or another SuperExec
+secret than its process's), it exits with ``os.EX_CONFIG`` (78) and says so on stderr.
 """
 
 from __future__ import annotations
@@ -291,6 +292,34 @@ def main() -> None:
         print(f"warm launcher: exiting, {reason}", file=sys.stderr, flush=True)
         executor.stop_children()
         os._exit(0)  # the main loop may be inside Flower's retrying client: do not wait
+
+    # Flower's SuperExec meets a refused SuperExec secret (HTTP 401 on AcquireTask) by
+    # SIGINT-ing itself: it exits 0 with "SuperExec terminated gracefully" and no reason,
+    # which a supervisor takes for a clean stop. Say why, and exit as a config error.
+    flower_retry_invoker = loop.make_simple_http_retry_invoker
+
+    def retry_invoker():  # noqa: ANN202
+        invoker = flower_retry_invoker()
+        flower_should_giveup = invoker.should_giveup
+
+        def should_giveup(exc: Exception) -> bool:
+            if getattr(getattr(exc, "response", None), "status_code", None) == 401:
+                print(
+                    f"warm launcher: exiting, the Runtime API at {ours.runtime_api_address} "
+                    "refused its SuperExec authentication (HTTP 401): "
+                    "--superexec-auth-secret-file must name the file its SuperNode or "
+                    "SuperLink was started with",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                executor.stop_children()
+                os._exit(os.EX_CONFIG)
+            return flower_should_giveup(exc)
+
+        invoker.should_giveup = should_giveup
+        return invoker
+
+    loop.make_simple_http_retry_invoker = retry_invoker
 
     if ours.runtime_api_address:  # else flower-superexec refuses the arguments below
         watch_served_process(

@@ -1,8 +1,11 @@
 """The README's "Security" recipe: nginx in front of the SuperLink (deploy/nginx/).
 
-A SuperNode reaches the Fleet API through the proxy and joins; a client that has the CA
-certificate and the proxy's address -- everything but the admin's access to the
-SuperLink's own machine -- can neither submit a run nor register a node key.
+The SuperLink runs with ``--enable-supernode-auth``. A SuperNode whose key the admin
+registered on the SuperLink's loopback port reaches the Fleet API through the proxy and
+joins; a client that has the CA certificate and the proxy's address -- everything but
+the admin's access to the SuperLink's own machine -- can neither submit a run nor
+register a node key, and a SuperNode with that unregistered key is refused through the
+proxy.
 Skipped where nginx is not installed (``apt-get install nginx-light``).
 """
 
@@ -53,8 +56,30 @@ def _proxy_config(prefix, *, listen: str, superlink: str, certs) -> str:
     return text
 
 
+def _supernode(name: str, *, proxy: str, certs, key, tmp_path) -> ManagedProcess:
+    """A SuperNode whose only route to the SuperLink is the proxy, signing with ``key``."""
+    return ManagedProcess(
+        name,
+        [
+            flower_executable("flower-supernode"),
+            "--superlink",
+            proxy,
+            "--root-certificates",
+            str(certs.ca_cert),
+            "--auth-supernode-private-key",
+            str(key),
+            "--port",
+            str(free_port()),
+            "--node-config",
+            "partition-id=0 num-partitions=1",
+        ],
+        log_path=tmp_path / "logs" / f"{name}.log",
+        env=flower_env(tmp_path / f"{name}-home"),
+    )
+
+
 @pytest.mark.timeout(180)
-def test_nodes_pass_the_proxy_and_nobody_submits_a_run_through_it(tmp_path):
+def test_registered_nodes_pass_the_proxy_and_nobody_else_gets_through_it(tmp_path):
     certs = make_certificates(tmp_path / "certs", hosts=["localhost", LOOPBACK])
     link_port, proxy_port = free_port(), free_port()
     link, proxy = f"{LOOPBACK}:{link_port}", f"{LOOPBACK}:{proxy_port}"
@@ -77,6 +102,7 @@ def test_nodes_pass_the_proxy_and_nobody_submits_a_run_through_it(tmp_path):
                 "--port",
                 str(link_port),
                 "--disable-runtime-dependency-installation",
+                "--enable-supernode-auth",
                 *tls,
             ],
             log_path=tmp_path / "logs" / "superlink.log",
@@ -92,25 +118,16 @@ def test_nodes_pass_the_proxy_and_nobody_submits_a_run_through_it(tmp_path):
         processes.append(nginx)
         wait_for_health(superlink, link, timeout=60, ca_cert=certs.ca_cert)
 
-        # A SuperNode whose only route to the SuperLink is the proxy joins.
-        node = ManagedProcess(
-            "SuperNode",
-            [
-                flower_executable("flower-supernode"),
-                "--superlink",
-                proxy,
-                "--root-certificates",
-                str(certs.ca_cert),
-                "--port",
-                str(free_port()),
-                "--node-config",
-                "partition-id=0 num-partitions=1",
-            ],
-            log_path=tmp_path / "logs" / "node.log",
-            env=flower_env(tmp_path / "node-home"),
+        # The admin, on the SuperLink's machine (its loopback port, not the proxy),
+        # registers the key the node's operator made with `fedmodel make-node-key`.
+        admin = FlwrCli(tmp_path / "admin", link, root_certificates=certs.ca_cert)
+        node_key = make_node_keys(tmp_path / "keys", name="node-0")
+        admin.register(node_key.public_key, "node-0")
+        node = _supernode(
+            "node-0", proxy=proxy, certs=certs, key=node_key.private_key, tmp_path=tmp_path
         )
         processes.append(node)
-        node.wait_for_log(r"SuperNode ID: (\d+)", timeout=60)
+        node_id = node.wait_for_log(r"SuperNode ID: (\d+)", timeout=60).group(1)
 
         # An outsider with the CA certificate and the proxy's address: refused.
         outsider = FlwrCli(tmp_path / "outsider", proxy, root_certificates=certs.ca_cert)
@@ -123,13 +140,13 @@ def test_nodes_pass_the_proxy_and_nobody_submits_a_run_through_it(tmp_path):
             timeout=60,
         )
         assert submit.returncode != 0, submit.stdout
-        make_node_keys(tmp_path / "keys", name="intruder")
+        intruder_key = make_node_keys(tmp_path / "keys", name="intruder")
         register = subprocess.run(
             [
                 flower_executable("flwr"),
                 "supernode",
                 "register",
-                str(tmp_path / "keys" / "intruder.pub"),
+                str(intruder_key.public_key),
                 CONNECTION,
             ],
             capture_output=True,
@@ -138,14 +155,30 @@ def test_nodes_pass_the_proxy_and_nobody_submits_a_run_through_it(tmp_path):
             timeout=60,
         )
         assert register.returncode != 0, register.stdout
-        access = (prefix / "access.log").read_text()
-        assert re.search(r'"POST /v1/control/\S+ HTTP/[\d.]+" 403', access), access
-        assert re.search(r'"POST /v1/fleet/\S+ HTTP/[\d.]+" 200', access), access
 
-        # The admin, on the SuperLink's machine: its loopback port, not the proxy.
-        admin = FlwrCli(tmp_path / "admin", link, root_certificates=certs.ca_cert)
+        # A SuperNode signing with the key the outsider could not register: the
+        # SuperLink, reached through the proxy, refuses it, and it exits.
+        intruder = _supernode(
+            "intruder", proxy=proxy, certs=certs, key=intruder_key.private_key, tmp_path=tmp_path
+        )
+        processes.append(intruder)
+        try:
+            code = intruder.popen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code not in (None, 0), intruder.log()
+        assert "Failed to activate SuperNode" in intruder.log(), intruder.log()
+        assert "No SuperNode found with the given public key" in superlink.log()
+        access = (prefix / "access.log").read_text()
+        assert re.search(r'"POST /v1/control/start-run HTTP/[\d.]+" 403', access), access
+        assert re.search(r'"POST /v1/control/register-node HTTP/[\d.]+" 403', access), access
+        # node-0 activated through the proxy, the intruder was answered 412 by the SuperLink.
+        activations = re.findall(r'"POST /v1/fleet/activate-node HTTP/[\d.]+" (\d+)', access)
+        assert activations == ["200", "412"], access
+
+        # The SuperLink knows one node: the registered one, online.
         nodes = admin.list_nodes()
-        assert len(nodes) == 1 and str(nodes[0].get("status", "online")) != ""
+        assert [(n["node-id"], n["status"]) for n in nodes] == [(node_id, "online")], nodes
     finally:
         for process in reversed(processes):
             process.stop()

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from server.deployment.flower_processes import LOOPBACK, free_port
+from server.deployment.flower_processes import LOOPBACK, ManagedProcess, free_port
 from server.deployment.local_federation import PROJECT_ROOT, LocalFederation
 from server.deployment.warm_executor import _process_runs
 
@@ -137,11 +138,46 @@ def _not_private(folder) -> list[str]:
     return wrong
 
 
+def _start_rogue_launchers(federation: LocalFederation, folder: Path) -> list[ManagedProcess]:
+    """Warm launchers at node 0's and the SuperLink's Runtime APIs without their secret.
+
+    One has no ``--superexec-auth-secret-file``, one a file with another secret; each is
+    refused at its first ``AcquireTask`` and exits.
+    """
+    wrong = folder / "wrong.secret"
+    folder.mkdir(mode=0o700)
+    wrong.write_text("00" * 32)
+    node_api = federation.executors[0].args
+    node_api = node_api[node_api.index("--runtime-api-address") + 1]
+    ca = ["--root-certificates", str(federation.certificates.ca_cert)]
+    targets = {
+        "no-secret-at-node-0": ["--insecure", "--runtime-api-address", node_api],
+        "wrong-secret-at-superlink": [
+            *ca,
+            "--runtime-api-address",
+            federation.address,
+            "--superexec-auth-secret-file",
+            str(wrong),
+        ],
+    }
+    return [
+        ManagedProcess(
+            name,
+            [*LAUNCHER[:3], *args, "--parent-pid", str(os.getpid())],
+            log_path=folder / f"{name}.log",
+            env=ENV,
+            cwd=PROJECT_ROOT,
+        )
+        for name, args in targets.items()
+    ]
+
+
 @pytest.mark.timeout(300)
 def test_children_run_the_submitted_code_a_pinned_node_refuses_it_files_are_private(tmp_path):
-    """One federation, three checks: node 0 and the SuperLink run the submitted (changed)
-    code; node 1, whose launcher pins the installed app, refuses it; everything written
-    under umask 000 is owner-only."""
+    """One federation, four checks: node 0 and the SuperLink run the submitted (changed)
+    code; node 1, whose launcher pins the installed app, refuses it; launchers without
+    the SuperExec secret are refused and serve no task; everything written under umask
+    000 is owner-only."""
     from server.deployment.flwr_cli import stage_app
 
     app = stage_app(PROJECT_ROOT, tmp_path / "app")  # a copy of the app, then changed
@@ -155,20 +191,41 @@ def test_children_run_the_submitted_code_a_pinned_node_refuses_it_files_are_priv
         with LocalFederation(
             work, num_nodes=2, app_dir=app, auth=True, require_installed_app=[1]
         ) as federation:
-            outcome = federation.submit(
-                {
-                    "num-server-rounds": 1,
-                    "batch-size": 32,
-                    "noise-multiplier": 1.5,
-                    "target-epsilon": 0.0,
-                    "run-dir": str(run_dir),
-                },
-                timeout=200,
-            )
+            # Launchers without the secret poll while the run's tasks wait (started
+            # with the run, their imports overlap it rather than add to the test's time).
+            rogues = _start_rogue_launchers(federation, tmp_path / "rogue")
+            try:
+                outcome = federation.submit(
+                    {
+                        "num-server-rounds": 1,
+                        "batch-size": 32,
+                        "noise-multiplier": 1.5,
+                        "target-epsilon": 0.0,
+                        "run-dir": str(run_dir),
+                    },
+                    timeout=200,
+                )
+                for rogue in rogues:
+                    try:
+                        rogue.popen.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        pass  # still serving: stopped below, its exit code fails the test
+            finally:
+                for rogue in rogues:
+                    rogue.stop()
             node_log, pinned_log = federation.nodes[0].log(), federation.nodes[1].log()
+            superlink_log = federation.superlink.log()
     finally:
         os.umask(previous)
     assert outcome.succeeded, outcome.log[-3000:]
+    # The launchers without the secret: Flower refused their AcquireTask (401), they
+    # exited saying why, and no ClientApp or ServerApp ran through them.
+    refused = "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask"
+    assert refused in node_log and refused in superlink_log
+    for rogue in rogues:
+        assert rogue.popen.returncode == os.EX_CONFIG, rogue.log()
+        assert "refused its SuperExec authentication (HTTP 401)" in rogue.log()
+        assert "FAB-MARKER" not in rogue.log()
     # The ServerApp (on the SuperLink) and the ClientApp (on the node) ran the FAB's code.
     assert "FAB-MARKER server server.server_app" in outcome.log
     assert "FAB-MARKER client client.client_app" in node_log
