@@ -16,7 +16,9 @@ What leaves the node under SecAgg+: the masked (quantized, ``[w, w * weights]``)
 vector, the weight ``w`` in the clear as in the legacy FitRes (under DP it is
 ``ceil(N / B) * B``, public anyway), and beside them the same privacy ledger record as
 without secure aggregation (public parameters of the mechanism), which the server
-checks before the masks are removed.
+checks before the masks are removed. Under user-level DP (``privacy-unit`` user or
+both) the update is first clipped to the server's clipping norm by Flower's
+``fixedclipping_mod`` and sent with weight 1 (README, "Secure aggregation").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -36,8 +39,15 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.app.message_type import MessageType
-from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import (
+    Code,
+    EvaluateRes,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
@@ -107,29 +117,90 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: Handler) -
         return Message(failure, reply_to=msg)
 
 
-@contextlib.contextmanager
-def _quiet_protocol() -> Iterator[None]:
+def _quiet_protocol() -> contextlib.AbstractContextManager[None]:
     """Flower's mod logs every stage of every node at DEBUG: progress, not news."""
+    return _flower_level(logging.INFO)
+
+
+@contextlib.contextmanager
+def _flower_level(level: int) -> Iterator[None]:
     flower = logging.getLogger("flwr")
     previous = flower.level
-    flower.setLevel(max(previous, logging.INFO))
+    flower.setLevel(max(previous, level))
     try:
         yield
     finally:
         flower.setLevel(previous)
 
 
+def user_level(context: Context) -> bool:
+    """Whether the run is under user-level DP (run-config ``privacy-unit`` user or both)."""
+    return context.run_config.get("privacy-unit", "record") in ("user", "both")
+
+
 def _legacy_train(msg: Message, context: Context, call_next: Handler) -> Message:
-    """The masked-vector stage: legacy FitIns in, this app's train handler, FitRes out."""
+    """The masked-vector stage: legacy FitIns in, this app's train handler, FitRes out.
+
+    Under user-level DP (DP-FedAvg composed with SecAgg+) the update is clipped here,
+    before it is masked, by Flower's legacy ``fixedclipping_mod`` (the client-side half
+    of ``DifferentialPrivacyClientSideFixedClipping``, which sends the clipping norm in
+    the fit config), and its weight is 1: equal weights, the server divides by ``m``.
+    """
+    if not user_level(context):
+        reply = _legacy_fit(msg, context, call_next, equal_weight=False)
+    else:
+        # Flower's mod rebuilds the reply from the FitRes alone: the ledger and the
+        # metrics that travel beside the masked vector are put back after it.
+        beside: dict[str, Any] = {}
+
+        def fit(_stripped: Message, ctxt: Context) -> Message:
+            out = _legacy_fit(msg, ctxt, call_next, equal_weight=True)
+            beside.update({k: out.content[k] for k in ("metrics", "privacy") if k in out.content})
+            beside[""] = out
+            return out
+
+        try:
+            with _flower_level(logging.WARNING):  # its INFO line on every client, every round
+                reply = fixedclipping_mod(_without_array_names(msg), context, fit)
+        except ZeroDivisionError:
+            if "" not in beside:  # raised by the training, not by the clipping
+                raise
+            # Flower's clip divides by the update's norm: a zero update (the global model
+            # sent back) needs no clipping and is sent as it is.
+            reply = beside[""]
+        del beside[""]
+        for key, record in beside.items():
+            reply.content[key] = record
+    fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    _check_fits_quantization(
+        context, weight=fitres.num_examples, ndarrays=parameters_to_ndarrays(fitres.parameters)
+    )
+    return reply
+
+
+def _without_array_names(msg: Message) -> Message:
+    """``msg`` without the list of array names, which Flower's FitIns conversion (in
+    ``fixedclipping_mod``) cannot hold: legacy configs take scalars only."""
+    content = RecordDict(dict(msg.content.items()))
+    legacy_config = msg.content.config_records[FITINS_CONFIG]
+    content[FITINS_CONFIG] = ConfigRecord(
+        {k: v for k, v in legacy_config.items() if k != ARRAY_NAMES_KEY}
+    )
+    return Message(metadata=msg.metadata, content=content)
+
+
+def _legacy_fit(
+    msg: Message, context: Context, call_next: Handler, *, equal_weight: bool
+) -> Message:
+    """This app's train handler on a legacy FitIns; the reply as a FitRes record."""
     names, arrays, config = _from_legacy(msg.content, FITINS_PARAMETERS, FITINS_CONFIG)
     inner = Message(metadata=msg.metadata, content=RecordDict({"arrays": arrays, "config": config}))
     reply = call_next(inner, context)
     if reply.has_error():
         raise _HandlerError(reply)
     metrics = reply.content["metrics"]
-    weight = int(metrics["num-examples"])  # type: ignore[arg-type]
+    weight = 1 if equal_weight else int(metrics["num-examples"])  # type: ignore[arg-type]
     ndarrays = [reply.content["arrays"][name].numpy() for name in names]
-    _check_fits_quantization(context, weight=weight, ndarrays=ndarrays)
     fitres = FitRes(
         status=Status(code=Code.OK, message="Success"),
         parameters=ndarrays_to_parameters(ndarrays),

@@ -21,11 +21,23 @@ What the server can still check, and what not:
 - Nothing about one update: not its norm, its finiteness, its shapes or values. So
   robust strategies, ``max-update-norm``, Byzantine simulations and compressed updates
   are refused up front (``fedmodel.config``); only the sum is checked (finite).
-- The aggregate is FedAvg's example-weighted mean, up to Flower's quantization: each
+- The aggregate is FedAvg's example-weighted mean (under user-level DP every weight is
+  1 and the update is divided by ``m``), up to Flower's quantization: each
   client's ``(w / max_weight) * weights`` is stochastically rounded to a grid of step
   ``2 * 8 / 2**22`` (clipping range 8, quantization range 2**22), so the mean is off
   by at most ``k * 2 * 8 / 2**22 / sum(w / max_weight)`` per value for ``k`` survivors
   (:func:`quantization_tolerance`).
+
+Under user-level DP (``privacy-unit = "user"`` or ``"both"``, fixed clipping, fixed
+cohort) DP-FedAvg (McMahan et al. 2018) composes with SecAgg+ as central DP applied
+after unmasking (not distributed DP): each client clips its own update to ``C`` before
+masking it (Flower's legacy ``fixedclipping_mod``, driven by
+``DifferentialPrivacyClientSideFixedClipping``, which also adds the noise) and sends it
+with weight 1; the server unmasks the sum of the survivors' clipped models, divides the
+update by the expected cohort ``m`` (a dropout counts as a zero update,
+:class:`TrackedFedAvg`), adds Gaussian noise ``z * C / m`` and composes the round in the
+same accountant as the Message-API path (:class:`UserLevelSecAgg`, reusing
+:class:`~server.strategies.user_level_dp.UserLevelDP`'s).
 
 Flower 1.42's mask generator folds each secret into a 32-bit seed for NumPy's Mersenne
 Twister (flwrlabs/flower#7522, open): the masks are far weaker than the protocol's
@@ -40,6 +52,7 @@ checkpoints (``resume`` is refused).
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import WARNING
@@ -49,6 +62,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
     FitRes,
     NDArrays,
     Parameters,
@@ -62,7 +78,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
@@ -74,6 +92,15 @@ from fedmodel.records import serialized_size
 from server.delegating_grid import DelegatingGrid
 from server.round_recorder import RoundRecorder
 from server.strategies.client_tracking import ClientTracking
+from server.strategies.user_level_dp import UserLevelDP, scale_update, user_level_layer
+
+SECAGG_USER_MECHANISM = (
+    "DP-FedAvg with SecAgg+ (McMahan et al. 2018; Bell et al. 2020): each client clips its "
+    "own update to C before masking (Flower's fixedclipping_mod), equal weights, the "
+    "server unmasks the sum, divides it by the expected cohort m and adds Gaussian noise "
+    "z * C / m (central DP after unmasking, not distributed DP); a dropped or rejected "
+    "client counts as a zero update"
+)
 
 # Flower's SecAggPlusWorkflow defaults, named here for the tolerance and the README.
 CLIPPING_RANGE = 8.0
@@ -161,6 +188,8 @@ class SecureAggregation:
         """
         if client_sizes is None:
             client_sizes = partition_sizes(config, num_partitions=num_nodes)
+        if config.privacy_unit != "record":  # DP-FedAvg: equal weights, every client sends 1
+            return cls(config=config, num_nodes=num_nodes, max_weight=1.0)
         sizes = list(client_sizes)
         if config.dp:
             sizes = [steps_per_epoch_for(n, config.batch_size) * config.batch_size for n in sizes]
@@ -174,6 +203,12 @@ class SecureAggregation:
             f"{config.secagg_num_shares} shares, reconstruction threshold "
             f"{config.secagg_reconstruction_threshold}; the server sees only the sum of "
             f"the updates; max weight {self.max_weight:g}; no checkpoints"
+            + (
+                "; user-level DP: clients clip to user-clipping-norm before masking, the "
+                "server adds the noise after unmasking"
+                if config.privacy_unit != "record"
+                else ""
+            )
         )
 
     def run(
@@ -189,13 +224,18 @@ class SecureAggregation:
         """Run every round through Flower's ``DefaultWorkflow`` with SecAgg+ training."""
         print(self.line(), flush=True)
         config = self.config
-        strategy = TrackedFedAvg(
+        layer = user_level_layer(tracking)  # the run's user-level accountant, if any
+        tracked = TrackedFedAvg(
             tracking=tracking,
             recorder=recorder,
             initial_arrays=initial_arrays,
             train_config=train_config,
             fraction_evaluate=float(getattr(tracking.strategy, "fraction_evaluate", 0.0)),
+            cohort_size=layer.plan.clients_per_round if layer is not None else 0,
         )
+        strategy: LegacyStrategy = tracked
+        if layer is not None:
+            strategy = UserLevelSecAgg(tracked, layer=layer)
         legacy = LegacyContext(
             context,
             config=ServerConfig(num_rounds=config.num_server_rounds),
@@ -302,6 +342,11 @@ class TrackedFedAvg(LegacyFedAvg):
     global model changed and why not (fewer than ``min-train-replies``, the protocol
     halted), the clients' aggregated metrics, and the central evaluation of every
     round (the :class:`RoundRecorder`), which also writes the run folder.
+
+    With ``cohort_size`` m > 0 (user-level DP, inside :class:`UserLevelSecAgg`) it samples
+    exactly m nodes with ``random.SystemRandom`` and turns the survivors' equal-weight
+    mean into ``global + sum(clipped update) / m`` (McMahan et al. 2018's fixed
+    denominator), before Flower's wrapper adds the noise.
     """
 
     def __init__(
@@ -312,8 +357,13 @@ class TrackedFedAvg(LegacyFedAvg):
         initial_arrays: ArrayRecord,
         train_config: ConfigRecord,
         fraction_evaluate: float,
+        cohort_size: int = 0,
     ) -> None:
         config = recorder.config
+        # User-level DP (> 0): m, the fixed denominator; the cohort is drawn with
+        # SystemRandom, as the Message-API path's CohortSampling (not the seeded `random`).
+        self.cohort_size = cohort_size
+        self._global: NDArrays = []
         # A round samples cohort_size() nodes while enough are connected (checked before
         # round 1); it waits only until the fewest SecAgg+ and min-train-replies need.
         fewest = max(config.secagg_num_shares, config.min_train_replies)
@@ -356,7 +406,18 @@ class TrackedFedAvg(LegacyFedAvg):
         tracking.last_round_trained, tracking.last_train_metrics = 0, None
         tracking.last_round_updated = False
         self.aggregated = False  # until the workflow gets as far as aggregate_fit
-        return super().configure_fit(server_round, parameters, client_manager)
+        if not self.cohort_size:
+            return super().configure_fit(server_round, parameters, client_manager)
+        self._global = parameters_to_ndarrays(parameters)
+        fit_ins = FitIns(parameters, self._round_config(server_round))
+        available = list(client_manager.all().values())
+        if len(available) < self.cohort_size:  # accounted for m of N: never fewer
+            tracking.last_round_failures.append(
+                f"{len(available)} nodes connected, fewer than the cohort m = {self.cohort_size}"
+            )
+            return []
+        chosen = random.SystemRandom().sample(available, self.cohort_size)
+        return [(client, fit_ins) for client in chosen]
 
     def aggregate_fit(
         self,
@@ -386,6 +447,11 @@ class TrackedFedAvg(LegacyFedAvg):
             a.astype(dtype, copy=False)
             for a, dtype in zip(parameters_to_ndarrays(parameters), self.dtypes, strict=True)
         ]
+        if self.cohort_size:
+            # The survivors' equal-weight mean becomes global + sum(update) / m: McMahan
+            # et al.'s fixed denominator, a dropout counting as a zero update.
+            scale = len(results) / self.cohort_size
+            arrays = [scale_update(a, g, scale) for a, g in zip(arrays, self._global, strict=True)]
         if not all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f"):
             tracking._unchanged("the aggregate is not finite")
             return None, {}
@@ -416,6 +482,91 @@ class TrackedFedAvg(LegacyFedAvg):
         )
         metrics = self.recorder(server_round, arrays)
         return float(metrics["test-loss"]), dict(metrics)  # type: ignore[arg-type]
+
+
+class UserLevelSecAgg(LegacyStrategy):
+    """DP-FedAvg over SecAgg+: Flower's client-side fixed-clipping wrapper, accounted.
+
+    Wraps ``DifferentialPrivacyClientSideFixedClipping(tracked)``, which sends the
+    clipping norm to the clients' ``fixedclipping_mod`` and adds noise ``z * C / m`` to
+    :class:`TrackedFedAvg`'s fixed-denominator mean. Around it, the Message-API path's
+    accounting (``layer``, a :class:`~server.strategies.user_level_dp.UserLevelDP`):
+    the budget is checked before a round samples anyone, and every round is composed.
+
+    Two choices differ from Flower's wrapper, both on the safe side:
+
+    - the wrapper releases nothing when any client failed; here the dropouts are zero
+      updates (the denominator is ``m`` whatever arrived), so it is handed no failures
+      (each one is already named by :class:`LedgerCheckingGrid`);
+    - a round that released no noised aggregate (the protocol halted, or the sum was not
+      finite) is composed all the same: the global model is unchanged, so this only
+      over-counts ε, and every round's ε matches the Message-API path's for as many rounds.
+    """
+
+    def __init__(self, tracked: TrackedFedAvg, *, layer: UserLevelDP) -> None:
+        plan = layer.plan
+        if plan.clipping != "fixed" or plan.sampling != "fixed":
+            raise ConfigError(
+                "secure-aggregation = true with user-level DP needs user-clipping = 'fixed' "
+                "and client-sampling = 'fixed'"
+            )
+        self.strategy = DifferentialPrivacyClientSideFixedClipping(
+            tracked,
+            noise_multiplier=plan.noise_multiplier,
+            clipping_norm=plan.clipping_norm,
+            num_sampled_clients=plan.clients_per_round,
+        )
+        self.tracked, self.layer = tracked, layer
+        layer.mechanism = SECAGG_USER_MECHANISM
+        self._composed_round = 0
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self.layer.check_budget(server_round)  # raises UserBudgetReached: nobody trains
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        aggregated = self.strategy.aggregate_fit(server_round, results, [])
+        self._compose(server_round, updates=len(results))
+        return aggregated
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        # After every round, halted or not: compose before the round line reads ε.
+        if server_round > 0:
+            self._compose(server_round, updates=0)
+        return self.strategy.evaluate(server_round, parameters)
+
+    def _compose(self, server_round: int, *, updates: int) -> None:
+        if self._composed_round == server_round:
+            return
+        self._composed_round = server_round
+        self.layer.record_release(
+            server_round, updates=updates, clipping_norm=self.layer.plan.clipping_norm
+        )
 
 
 def _weighted_mean(results: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:

@@ -156,7 +156,7 @@ class EqualWeightMean(Strategy):
             if isinstance(record, ArrayRecord):
                 record = ArrayRecord(
                     {
-                        name: Array(_scaled(array.numpy(), self._global.get(name), scale))
+                        name: Array(scale_update(array.numpy(), self._global.get(name), scale))
                         for name, array in record.items()
                     }
                 )
@@ -179,7 +179,7 @@ class EqualWeightMean(Strategy):
         self.strategy.summary()
 
 
-def _scaled(weights: np.ndarray, base: np.ndarray | None, scale: float) -> np.ndarray:
+def scale_update(weights: np.ndarray, base: np.ndarray | None, scale: float) -> np.ndarray:
     """``base + scale * (weights - base)`` in the weights' dtype (no base: unchanged)."""
     if base is None or base.shape != weights.shape or scale == 1:
         return weights
@@ -212,6 +212,7 @@ class UserLevelDP(Strategy):
         )
         self.last_round_released = False
         self._global = ArrayRecord()  # the global model this round's replies update
+        self.mechanism = USER_MECHANISM  # the SecAgg+ path names its client-side clipping
 
     @property
     def accountant(self) -> RdpAccountant:
@@ -249,7 +250,7 @@ class UserLevelDP(Strategy):
         plan = self.plan
         return {
             "unit": "user-level: one client's whole data and participation, for the federation",
-            "mechanism": USER_MECHANISM,
+            "mechanism": self.mechanism,
             "describe": self.describe(),
             "epsilon": self.epsilon(),
             "delta": plan.delta,
@@ -286,12 +287,10 @@ class UserLevelDP(Strategy):
         if hasattr(self.strategy, "clipping_norm"):
             self.strategy.clipping_norm = float(state["clipping_norm"])
 
-    # -- Strategy interface ---------------------------------------------------------
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._global = arrays
+    def check_budget(self, server_round: int) -> None:
+        """Raise :class:`UserBudgetReached` if round ``server_round`` would take ε past
+        ``max-epsilon`` (no side effects). Also used by the SecAgg+ path
+        (``server/secure_aggregation.py``), which runs the rounds outside this strategy."""
         if self.plan.max_epsilon and self.accountant.would_exceed(
             self.event, max_epsilon=self.plan.max_epsilon
         ):
@@ -299,6 +298,29 @@ class UserLevelDP(Strategy):
                 f"stopping before round {server_round}: it would take the user-level ε past "
                 f"max-epsilon = {self.plan.max_epsilon:g} (now {self.describe()})"
             )
+
+    def record_release(self, server_round: int, *, updates: int, clipping_norm: float) -> None:
+        """Compose one noised round (the plan's event) and record it. Also used by the
+        SecAgg+ path, whose noise is added by Flower's legacy client-side-clipping wrapper."""
+        self._compose()
+        noise = getattr(self.strategy, "noise_multiplier", self.plan.noise_multiplier)
+        self.rounds.append(
+            {
+                "round": server_round,
+                "updates": updates,
+                "clipping_norm": clipping_norm,
+                "noise_std": float(noise) * clipping_norm / self.plan.clients_per_round,
+                "epsilon": self.epsilon(),
+            }
+        )
+
+    # -- Strategy interface ---------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._global = arrays
+        self.check_budget(server_round)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -318,17 +340,7 @@ class UserLevelDP(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, moved)
         self.last_round_released = arrays is not None
         if arrays is not None:  # a noised aggregate was released: compose it
-            self._compose()
-            noise = getattr(self.strategy, "noise_multiplier", self.plan.noise_multiplier)
-            self.rounds.append(
-                {
-                    "round": server_round,
-                    "updates": len(replies),
-                    "clipping_norm": clipping_norm,
-                    "noise_std": float(noise) * clipping_norm / self.plan.clients_per_round,
-                    "epsilon": self.epsilon(),
-                }
-            )
+            self.record_release(server_round, updates=len(replies), clipping_norm=clipping_norm)
         return arrays, metrics
 
     def configure_evaluate(

@@ -207,11 +207,10 @@ def test_combinations_that_need_each_update_are_refused_naming_the_key(values, n
     RunConfig.from_mapping(values)  # each is fine without secure aggregation
 
 
-def test_user_level_privacy_is_refused_with_secure_aggregation():
-    if "privacy_unit" not in RunConfig.__dataclass_fields__:
-        pytest.skip("run-config key 'privacy-unit' does not exist yet")
-    with pytest.raises(ConfigError, match="'privacy-unit' = 'user'"):
-        RunConfig.from_mapping({"secure-aggregation": True, "privacy-unit": "user"})
+def test_user_level_privacy_composes_with_secure_aggregation():
+    # DP-FedAvg over SecAgg+ (tests/server/test_secure_aggregation_user_level.py).
+    RunConfig.from_mapping({"secure-aggregation": True, "privacy-unit": "user", "dp": False})
+    RunConfig.from_mapping({"secure-aggregation": True, "privacy-unit": "both"})
 
 
 @pytest.mark.parametrize(
