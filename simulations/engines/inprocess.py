@@ -53,11 +53,14 @@ def simulate_in_process(
     verbose: bool = False,
     workers: int = 0,
     noise_source: str = "seeded",
+    grid_type: type[InProcessGrid] | None = None,
 ) -> SimulationResult:
     """Run the ServerApp against the ClientApps in this process (or ``workers`` processes).
 
     The parameters are those of :func:`simulations.simulate`, which calls this for
-    ``engine = "inprocess"``. Everything is validated before any file is written.
+    ``engine = "inprocess"``; ``grid_type`` is the Grid class (default
+    :class:`InProcessGrid`; the batched engine passes its subclass). Everything is
+    validated before any file is written.
     Run-config ``byzantine-fraction`` > 0 makes some nodes Byzantine
     (:mod:`simulations.engines.byzantine`).
     """
@@ -98,7 +101,7 @@ def simulate_in_process(
         }
         print(byzantine.describe(names), flush=True)
     pool = WorkerPool(client_app=CLIENT_APP, num_workers=workers) if workers else None
-    grid = InProcessGrid(
+    grid = (grid_type or InProcessGrid)(
         client_app=client_app,
         run_config=run_config.to_mapping(),
         node_configs=node_configs,

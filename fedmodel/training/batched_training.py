@@ -1,0 +1,473 @@
+"""Train a cohort of clients at once: the same local training, vectorised over clients.
+
+For many small clients with small models and small batches, a round of
+:func:`~fedmodel.training.local_training.train_locally` calls is bound by per-step
+Python, dispatcher, optimizer and Opacus overhead, not by arithmetic. Here the ``K``
+clients' weights are stacked along a leading dimension and every step runs once for the
+whole cohort with :mod:`torch.func`: ``vmap`` over clients of the batch gradient
+(without DP), or of ``vmap`` over examples of ``grad`` (per-example gradients for DP-SGD,
+Abadi et al. 2016, https://arxiv.org/abs/1607.00133; the functorch approach of Opacus's
+``grad_sample_mode = "functorch"``).
+
+It is the same algorithm as :func:`train_locally`, client by client:
+
+- the same batches: each client's generator is seeded with its own seed and drawn in
+  the same order (:class:`~fedmodel.training.poisson_sampling.PoissonBatchSampler` at
+  the client's own rate under DP, torch's shuffling ``DataLoader`` without);
+- under DP each example's gradient of ``l_i / B_e`` (``B_e`` the expected batch size)
+  clipped at ``max_grad_norm / B_e`` with Opacus's factor ``min(1, c / (norm + 1e-6))``,
+  summed, plus Gaussian noise of std ``sigma * max_grad_norm / B_e`` from a generator
+  seeded ``seed + 1`` and drawn per parameter in Opacus's order: with the same seeds the
+  noise is the sequential path's, value for value;
+- torch's SGD update (momentum buffers per client), FedProx's proximal step;
+- the same number of steps per client: a client whose steps are done is left out of the
+  remaining steps (clients of different sizes take different numbers of steps).
+
+Ragged batches (Poisson batch sizes vary, the last shuffled batch is short) are padded
+to the step's largest batch with rows whose mask is 0, so they add exact zeros. Results
+agree with :func:`train_locally` to floating-point rounding (1e-12 in float64, see
+``tests/fedmodel/training/test_batched_training.py``), not bit for bit: summation order
+inside batched kernels differs.
+
+Secure noise (ChaCha20, ``noise_source = "secure"``) is not drawn here: the caller uses
+:func:`train_locally` for it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from fedmodel.privacy.ledger import PrivacyLedger
+from fedmodel.privacy.sampling_plan import sample_rate_for, steps_per_epoch_for
+from fedmodel.training.local_training import LocalTrainingResult, TrainingSettings
+from fedmodel.training.poisson_sampling import PoissonBatchSampler
+
+# Opacus's clipping factor min(1, c / (norm + eps)) (opacus/optimizers/optimizer.py).
+_CLIP_EPSILON = 1e-6
+# Slack over the expected batch size when sizing chunks: a Poisson batch above 2 B is rare.
+_BATCH_SLACK = 2
+# Per-example gradients, their clipped copy and the einsum's workspace.
+_GRADIENT_COPIES = 3
+
+
+@dataclass(frozen=True)
+class CohortMember:
+    """One client of a cohort: its data, its starting weights, its seed and its noise.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The client's training examples, ``(x, y)`` pairs (a ``TensorDataset`` is read
+        without copying item by item).
+    initial_state : mapping of str to Tensor
+        The weights it starts from (the round's global model); every key of the
+        template model's ``state_dict``.
+    seed : int
+        As :func:`train_locally`'s ``seed``: batches from ``seed``, noise from ``seed + 1``.
+    noise_multiplier : float
+        This client's sigma under DP (its round plan's); unused without DP.
+    ledger : PrivacyLedger, optional
+        Under DP, where this client's steps are recorded (required then).
+    """
+
+    dataset: Dataset
+    initial_state: Mapping[str, Tensor]
+    seed: int
+    noise_multiplier: float = 0.0
+    ledger: PrivacyLedger | None = None
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if len(self.dataset) < 1:  # type: ignore[arg-type]
+            raise ValueError("a cohort member needs at least one training example")
+
+
+@dataclass(frozen=True)
+class CohortTiming:
+    """Where a cohort's time went (seconds): compiling (first calls) and the rest."""
+
+    compile_s: float
+    train_s: float
+
+
+def unbatchable_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be trained here (None: it can).
+
+    Dropout draws from the global RNG per call and BatchNorm updates running statistics
+    in place; neither maps to a per-client ``vmap`` that matches the sequential path.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            return f"module {name!r} is {type(module).__name__} (random per call)"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return f"module {name!r} is {type(module).__name__} (running statistics)"
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        return f"parameters {', '.join(frozen)} are frozen (requires_grad = False)"
+    return None
+
+
+def cohort_chunk_size(
+    model: nn.Module, *, settings: TrainingSettings, input_numel: int, memory_mb: float
+) -> int:
+    """How many clients one chunk may hold so its step fits in ``memory_mb`` (0: no limit).
+
+    Under DP the per-example gradients dominate: ``K x B x |params|`` values per step
+    (Section "Memory" of issue 13: 0.4 GB at K = 50, B = 60 and 26k parameters).
+    """
+    if memory_mb == 0:
+        return 1 << 30
+    itemsize = next(model.parameters()).element_size()
+    params = sum(p.numel() for p in model.parameters())
+    batch = _BATCH_SLACK * settings.batch_size
+    per_client = itemsize * (
+        (batch if settings.dp else 1) * params * _GRADIENT_COPIES + batch * input_numel * 4
+    )
+    return max(1, int(memory_mb * 2**20 // per_client))
+
+
+def train_cohort(
+    model: nn.Module,
+    members: Sequence[CohortMember],
+    *,
+    settings: TrainingSettings,
+    device: torch.device | None = None,
+    memory_mb: float = 0.0,
+    compiled: bool = False,
+) -> tuple[list[LocalTrainingResult], CohortTiming]:
+    """Train every member as :func:`train_locally` would, all members in each step.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The template: its architecture and buffers are used, never its weights (each
+        member brings its own). Only its mode changes (to training, as train_locally).
+    members : sequence of CohortMember
+        The clients, trained independently of each other.
+    settings : TrainingSettings
+        As for :func:`train_locally`, shared by the cohort; ``noise_multiplier`` is
+        each member's own and ``grad_sample_mode`` is not used (``torch.func``
+        computes the per-example gradients).
+    device : torch.device, optional
+        Where the cohort trains (default: the CPU). Batches are drawn on the CPU, as by
+        :func:`train_locally`; the weights come back as CPU tensors.
+    memory_mb : float
+        Train the cohort in chunks of clients whose step fits this budget
+        (:func:`cohort_chunk_size`); 0: all at once. Chunking does not change results.
+    compiled : bool
+        Compile the step's gradient function with ``torch.compile`` (one-off cost,
+        reported in the returned timing).
+
+    Returns
+    -------
+    results, timing
+        One :class:`LocalTrainingResult` per member, in order; under DP each member's
+        steps are recorded in its ledger (after its training, as Opacus does per step).
+    """
+    if not members:
+        raise ValueError("a cohort needs at least one member")
+    if memory_mb < 0:
+        raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
+    reason = unbatchable_reason(model)
+    if reason is not None:
+        raise ValueError(f"this model cannot be trained as a cohort: {reason}")
+    # Augmentation and mixup draw per batch from the client's generator: not batched here.
+    if getattr(settings, "augmentation", "none") != "none" or (
+        getattr(settings, "augmentation_multiplicity", 1) > 1
+        or getattr(settings, "mixup_alpha", 0.0) > 0
+    ):
+        raise ValueError("augmentation and mixup are not batched: train these with train_locally")
+    if settings.dp and any(m.ledger is None for m in members):
+        raise ValueError("DP training needs a PrivacyLedger per member to record its steps")
+    device = torch.device("cpu") if device is None else device
+    first_x = members[0].dataset[0][0]
+    size = cohort_chunk_size(
+        model,
+        settings=settings,
+        input_numel=int(torch.as_tensor(first_x).numel()),
+        memory_mb=memory_mb,
+    )
+    trainer = _CohortStep(model, settings=settings, device=device, compiled=compiled)
+    results: list[LocalTrainingResult] = []
+    started = time.perf_counter()
+    for start in range(0, len(members), size):
+        results += trainer.train(members[start : start + size])
+    total = time.perf_counter() - started
+    timing = CohortTiming(compile_s=trainer.compile_s, train_s=total - trainer.compile_s)
+    if settings.dp:
+        for member, result in zip(members, results, strict=True):
+            assert member.ledger is not None
+            rate = sample_rate_for(len(member.dataset), settings.batch_size)  # type: ignore[arg-type]
+            member.ledger.record(
+                noise_multiplier=member.noise_multiplier, sample_rate=rate, steps=result.steps
+            )
+    return results, timing
+
+
+class _CohortStep:
+    """The vectorised step functions of one model and settings, reused across chunks."""
+
+    def __init__(
+        self, model: nn.Module, *, settings: TrainingSettings, device: torch.device, compiled: bool
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.names = [name for name, _ in model.named_parameters()]
+        self.keys = list(model.state_dict())
+        self.buffers = {n: b.detach().to(device) for n, b in model.named_buffers()}
+        template = model
+        self.compile_s = 0.0
+
+        def batch_loss(params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, eb: Tensor):
+            logits = functional_call(template, (params, self.buffers), (x,))
+            losses = nn.functional.cross_entropy(logits, y, reduction="none")
+            return (losses * mask).sum() / eb
+
+        def example_loss(params: dict[str, Tensor], x: Tensor, y: Tensor, eb: Tensor):
+            logits = functional_call(template, (params, self.buffers), (x.unsqueeze(0),))
+            loss = nn.functional.cross_entropy(logits, y.unsqueeze(0), reduction="sum") / eb
+            return loss, loss
+
+        if settings.dp:
+            per_example = vmap(grad(example_loss, has_aux=True), in_dims=(None, 0, 0, None))
+            step: Callable[..., Any] = vmap(per_example, in_dims=(0, 0, 0, 0))
+        else:
+            step = vmap(grad_and_value(batch_loss), in_dims=(0, 0, 0, 0, 0))
+        self.eager = step
+        if compiled:
+            step = torch.compile(step, dynamic=True)
+        self.step = step
+        self.compiled = compiled
+        template.train()
+
+    def _call(self, *args: Any) -> Any:
+        if not self.compiled or self.compile_s:
+            return self.step(*args)
+        started = time.perf_counter()  # the first call compiles
+        try:
+            out = self.step(*args)
+        except Exception as error:  # noqa: BLE001 - compiling is optional: run eagerly
+            # torch 2.13 (CPU) cannot trace cross_entropy under vmap of grad (dynamo's
+            # fake tensors); the eager step computes the same values.
+            warnings.warn(
+                f"batched training: torch.compile failed ({type(error).__name__}); running eagerly",
+                stacklevel=2,
+            )
+            self.step, self.compiled = self.eager, False
+            return self.step(*args)
+        self.compile_s = time.perf_counter() - started
+        return out
+
+    def train(self, members: Sequence[CohortMember]) -> list[LocalTrainingResult]:
+        settings, device = self.settings, self.device
+        count = len(members)
+        data = [_tensors(m.dataset) for m in members]
+        sizes = [len(y) for _, y in data]
+        plans = [_batches(m, n, settings) for m, n in zip(members, sizes, strict=True)]
+        steps = [len(plan) for plan in plans]
+        expected = [sample_rate_for(n, settings.batch_size) * n for n in sizes]
+        dtype = members[0].initial_state[self.names[0]].dtype
+        # Every client's examples in one tensor, and a zero row that padding points at.
+        offsets = np.cumsum([0, *sizes])
+        x_all = torch.cat([x for x, _ in data] + [torch.zeros_like(data[0][0][:1])]).to(device)
+        y_all = torch.cat([y for _, y in data] + [torch.zeros_like(data[0][1][:1])]).to(device)
+        pad = int(offsets[-1])
+        params = {
+            n: torch.stack([m.initial_state[n].detach() for m in members]).to(device)
+            for n in self.names
+        }
+        anchor = {n: p.clone() for n, p in params.items()} if settings.proximal_mu > 0 else {}
+        momentum: dict[str, Tensor] = {}
+        eb_all = torch.tensor(expected, dtype=dtype, device=device)
+        clip_all = torch.tensor(
+            [settings.max_grad_norm / e for e in expected], dtype=dtype, device=device
+        )
+        noise_generators = [
+            torch.Generator(device=device).manual_seed(m.seed + 1)
+            if settings.dp and m.noise_multiplier > 0
+            else None
+            for m in members
+        ]
+        total_loss = [0.0] * count
+        seen = [0] * count
+        lr, mu = settings.learning_rate, settings.proximal_mu
+        for t in range(max(steps)):
+            active = [k for k in range(count) if t < steps[k]]
+            batches = [plans[k][t] for k in active]
+            width = max(1, max(len(b) for b in batches))
+            index = np.full((len(active), width), pad, dtype=np.int64)
+            mask_np = np.zeros((len(active), width))
+            for row, (k, batch) in enumerate(zip(active, batches, strict=True)):
+                index[row, : len(batch)] = offsets[k] + np.asarray(batch, dtype=np.int64)
+                mask_np[row, : len(batch)] = 1.0
+            gather = torch.from_numpy(index).to(device)
+            x, y = x_all[gather], y_all[gather]
+            mask = torch.from_numpy(mask_np).to(device=device, dtype=dtype)
+            everyone = len(active) == count
+            rows = None if everyone else torch.tensor(active, device=device)
+            current = params if rows is None else {n: p[rows] for n, p in params.items()}
+            eb = eb_all if rows is None else eb_all[rows]
+            if settings.dp:
+                stds = [
+                    members[k].noise_multiplier * (settings.max_grad_norm / expected[k])
+                    for k in active
+                ]
+                grads, value = self._private_gradients(
+                    current,
+                    x,
+                    y,
+                    mask,
+                    eb,
+                    clip_all if rows is None else clip_all[rows],
+                    stds,
+                    [noise_generators[k] for k in active],
+                )
+            else:
+                grads, value = self._call(current, x, y, mask, eb)
+            # As train_locally: the step's loss (divided by B_e) times B_e, in Python floats.
+            for k, loss, batch in zip(active, value.tolist(), batches, strict=True):
+                total_loss[k] += loss * expected[k]
+                seen[k] += len(batch)
+            for n in self.names:
+                g = grads[n]
+                if settings.momentum != 0:
+                    # torch.optim.SGD: the buffer starts as the first gradient (t = 0,
+                    # when every client is active), then buf = momentum * buf + g.
+                    if t == 0:
+                        momentum[n] = g.clone()
+                        g = momentum[n]
+                    else:
+                        buf = momentum[n] if rows is None else momentum[n][rows]
+                        g = buf.mul(settings.momentum).add(g)
+                        if rows is None:
+                            momentum[n] = g
+                        else:
+                            momentum[n].index_copy_(0, rows, g)
+                updated = current[n].add(g, alpha=-lr)
+                if mu > 0:  # FedProx: w <- w - lr mu (w - w_global), as train_locally
+                    base = anchor[n] if rows is None else anchor[n][rows]
+                    updated = updated.sub(updated - base, alpha=lr * mu)
+                if rows is None:
+                    params[n] = updated
+                else:
+                    params[n].index_copy_(0, rows, updated)
+        results = []
+        for k, member in enumerate(members):
+            state = {
+                key: (params[key][k] if key in params else member.initial_state[key])
+                .detach()
+                .to("cpu", copy=True)
+                for key in self.keys
+            }
+            results.append(
+                LocalTrainingResult(
+                    state_dict=state,
+                    num_examples=sizes[k],
+                    mean_loss=total_loss[k] / max(seen[k], 1),
+                    steps=steps[k],
+                )
+            )
+        return results
+
+    def _private_gradients(
+        self,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        mask: Tensor,
+        eb: Tensor,
+        clip: Tensor,
+        stds: Sequence[float],
+        generators: Sequence[torch.Generator | None],
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Clipped, summed, noised per-example gradients (Opacus's DPOptimizer, per client).
+
+        Also returns each client's batch loss divided by ``B_e``.
+        """
+        per_example, losses = self._call(params, x, y, eb)
+        count, width = mask.shape
+        # Opacus: the norm of the per-parameter norms, then min(1, c / (norm + 1e-6)).
+        norms = torch.stack(
+            [per_example[n].reshape(count, width, -1).norm(2, dim=-1) for n in self.names],
+            dim=-1,
+        ).norm(2, dim=-1)
+        factor = (clip[:, None] / (norms + _CLIP_EPSILON)).clamp(max=1.0) * mask
+        grads = {n: torch.einsum("kb,kb...->k...", factor, per_example[n]) for n in self.names}
+        if any(g is not None for g in generators):
+            for n in self.names:
+                shape = grads[n].shape[1:]
+                # Opacus's _generate_noise: one draw per parameter, no dtype given.
+                noise = [
+                    torch.normal(0, std, size=shape, generator=g, device=self.device)
+                    if g is not None
+                    else torch.zeros(shape, device=self.device)
+                    for g, std in zip(generators, stds, strict=True)
+                ]
+                grads[n] = grads[n] + torch.stack(noise)
+        return grads, (losses * mask).sum(dim=1)
+
+
+def _tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` of every example (a ``TensorDataset``'s own tensors, else stacked)."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        return x, y
+    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    return (
+        torch.stack([torch.as_tensor(x) for x, _ in items]),
+        torch.as_tensor(np.asarray([int(y) for _, y in items]), dtype=torch.long),
+    )
+
+
+class _Indices(Dataset):
+    """``0 .. n - 1``: shuffled by torch's DataLoader exactly as the examples would be."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def _batches(
+    member: CohortMember, num_examples: int, settings: TrainingSettings
+) -> list[list[int]]:
+    """The example indices of each of the member's steps, as :func:`train_locally` draws them.
+
+    The same generator, seeded alike, consumed in the same order: Poisson batches at
+    rate ``1 / ceil(N / B)`` (``torch.rand(n) < q``, Opacus's draw) under DP, torch's
+    shuffling ``DataLoader`` without (whose iterator also draws a base seed each epoch).
+    """
+    generator = torch.Generator().manual_seed(member.seed)
+    steps = steps_per_epoch_for(num_examples, settings.batch_size)
+    plan: list[list[int]] = []
+    if settings.dp:
+        sampler = PoissonBatchSampler(
+            num_examples=num_examples,
+            steps=steps,
+            sample_rate=1.0 / steps,
+            bernoulli=lambda n, p: torch.rand(n, generator=generator) < p,
+        )
+        for _ in range(settings.epochs):
+            plan += list(sampler)
+        return plan
+    loader = DataLoader(
+        _Indices(num_examples), batch_size=settings.batch_size, shuffle=True, generator=generator
+    )
+    for _ in range(settings.epochs):
+        plan += [batch.tolist() for batch in loader]
+    return plan
