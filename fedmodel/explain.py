@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fedmodel.config import RunConfig
-from fedmodel.models import build_model
+from fedmodel.models import build_model, model_settings
 
 METHODS = ("integrated-gradients", "gradient-shap", "kernel-shap", "lime")
 DEFAULT_METHOD = "integrated-gradients"
@@ -118,7 +118,7 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> RunModel:
         config.model,
         input_shape=input_shape,
         num_classes=num_classes,
-        hidden_sizes=config.hidden_layer_sizes,
+        settings=model_settings(config),
     )
     model.load_state_dict(torch.load(model_path, weights_only=True))
     model.eval()

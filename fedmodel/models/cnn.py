@@ -1,4 +1,4 @@
-"""Convolutional classifier, DP-SGD compatible (GroupNorm, never BatchNorm)."""
+"""Convolutional classifiers, DP-SGD compatible (GroupNorm or no norm, never BatchNorm)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fedmodel.config import ConfigError
+from fedmodel.models.settings import ModelSettings, activation_layer
+
+# McMahan et al. 2017's MNIST CNN ("Communication-Efficient Learning of Deep Networks
+# from Decentralized Data", AISTATS, https://arxiv.org/abs/1602.05629, Sec. 3).
+FEDAVG_CONV_CHANNELS, FEDAVG_KERNEL_SIZE, FEDAVG_DENSE_SIZE = (32, 64), 5, 512
+
 
 class CNN(nn.Module):
-    """Conv blocks (3x3 conv, GroupNorm, ReLU, 2x2 max-pool), then a hidden linear layer.
+    """Conv blocks (conv, GroupNorm, activation, 2x2 pool), then a hidden linear layer.
 
     BatchNorm mixes statistics across the examples of a batch, which breaks the
     per-example gradient bound of DP-SGD; GroupNorm normalises each example on its own
@@ -27,6 +34,14 @@ class CNN(nn.Module):
         is at least 2x2.
     hidden_size : int
         Width of the linear layer before the head.
+    kernel_size : int
+        Odd side of the square conv kernels, 'same' padding (``kernel_size // 2``).
+    pooling : str
+        ``"max"`` or ``"avg"`` 2x2 pooling.
+    activation : str
+        ``"relu"`` or ``"tanh"``, after each conv block and the hidden linear layer.
+    normalization : str
+        ``"group"`` (GroupNorm after each conv) or ``"none"``.
     """
 
     def __init__(
@@ -36,6 +51,10 @@ class CNN(nn.Module):
         num_classes: int,
         channels: Sequence[int] = (16, 32),
         hidden_size: int = 64,
+        kernel_size: int = 3,
+        pooling: str = "max",
+        activation: str = "relu",
+        normalization: str = "group",
     ) -> None:
         super().__init__()
         shape = tuple(input_shape)
@@ -45,24 +64,33 @@ class CNN(nn.Module):
             raise ValueError(
                 f"CNN needs (C, H, W) or (H, W) inputs, got shape {tuple(input_shape)}"
             )
+        # Validates kernel size, pooling, activation and normalization in one place.
+        ModelSettings(
+            kernel_size=kernel_size,
+            pooling=pooling,
+            activation=activation,
+            normalization=normalization,
+        )
         self.input_shape = shape
+        pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[pooling]
         blocks: list[nn.Module] = []
         in_channels, height, width = shape
         for out_channels in channels:
-            blocks += [
-                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-                nn.GroupNorm(_num_groups(out_channels), out_channels),
-                nn.ReLU(),
-            ]
+            blocks.append(
+                nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+            )
+            if normalization == "group":
+                blocks.append(nn.GroupNorm(_num_groups(out_channels), out_channels))
+            blocks.append(activation_layer(activation))
             if min(height, width) >= 2:
-                blocks.append(nn.MaxPool2d(2))
+                blocks.append(pool(2))
                 height, width = height // 2, width // 2
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_channels * height * width, hidden_size),
-            nn.ReLU(),
+            activation_layer(activation),
             nn.Linear(hidden_size, num_classes),
         )
 
@@ -72,12 +100,49 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_cnn(
-    *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int]
+def build_cnn(*, input_shape: Sequence[int], num_classes: int, settings: ModelSettings) -> CNN:
+    """The ``cnn`` model: conv blocks of ``settings.conv_channels`` (run-config
+    ``conv-channels``), ``kernel_size``, ``pooling``, ``normalization`` and
+    ``activation``; of ``hidden_sizes`` only the last entry is used, as the width of the
+    hidden linear layer before the head."""
+    return CNN(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        channels=settings.conv_channels,
+        hidden_size=settings.hidden_sizes[-1],
+        kernel_size=settings.kernel_size,
+        pooling=settings.pooling,
+        activation=settings.activation,
+        normalization=settings.normalization,
+    )
+
+
+def build_cnn_fedavg(
+    *, input_shape: Sequence[int], num_classes: int, settings: ModelSettings
 ) -> CNN:
-    """The ``cnn`` model: its conv blocks are fixed; of ``hidden_sizes`` only the last entry
-    is used, as the width of the hidden linear layer before the head."""
-    return CNN(input_shape=input_shape, num_classes=num_classes, hidden_size=hidden_sizes[-1])
+    """The ``cnn-fedavg`` preset: McMahan et al. 2017's CNN, two 5x5 convs (32, 64
+    channels, 'same' padding) each with 2x2 max pooling, a 512-unit dense layer, no
+    normalization (1,663,370 parameters on 28x28x1 with 10 classes). Only ``activation``
+    is read (ReLU in the paper; tanh for DP-SGD); ``hidden_sizes`` and the other
+    architecture keys are fixed by the preset, and setting them is an error."""
+    defaults = ModelSettings()
+    for name in ("hidden_sizes", "conv_channels", "kernel_size", "pooling", "normalization"):
+        if getattr(settings, name) != getattr(defaults, name):
+            key = name.replace("_", "-")
+            raise ConfigError(
+                f"run-config key '{key}' = {getattr(settings, name)!r} cannot be set with "
+                "model = 'cnn-fedavg' (the preset fixes it); use model = 'cnn' to choose it"
+            )
+    return CNN(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        channels=FEDAVG_CONV_CHANNELS,
+        hidden_size=FEDAVG_DENSE_SIZE,
+        kernel_size=FEDAVG_KERNEL_SIZE,
+        pooling="max",
+        activation=settings.activation,
+        normalization="none",
+    )
 
 
 def _num_groups(channels: int) -> int:

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fedmodel.models.settings import ModelSettings, activation_layer
+
 
 class MLP(nn.Module):
-    """A multilayer perceptron: flatten, then Linear + ReLU blocks, then a linear head.
+    """A multilayer perceptron: flatten, then Linear + activation blocks, then a linear head.
 
     Parameters
     ----------
@@ -19,16 +21,24 @@ class MLP(nn.Module):
         Number of output logits.
     hidden_sizes : Sequence[int]
         Width of each hidden layer.
+    activation : str
+        ``"relu"`` or ``"tanh"``, after each hidden layer.
     """
 
     def __init__(
-        self, *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int] = (64,)
+        self,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden_sizes: Sequence[int] = (64,),
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        ModelSettings(activation=activation)  # validates the name
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), activation_layer(activation)]
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
@@ -37,8 +47,12 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def build_mlp(
-    *, input_shape: Sequence[int], num_classes: int, hidden_sizes: Sequence[int]
-) -> MLP:
-    """The ``mlp`` model: ``hidden_sizes`` is the width of each hidden layer, in order."""
-    return MLP(input_shape=input_shape, num_classes=num_classes, hidden_sizes=hidden_sizes)
+def build_mlp(*, input_shape: Sequence[int], num_classes: int, settings: ModelSettings) -> MLP:
+    """The ``mlp`` model: ``hidden_sizes`` is the width of each hidden layer, in order;
+    ``activation`` follows each of them (the conv keys are not read)."""
+    return MLP(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        hidden_sizes=settings.hidden_sizes,
+        activation=settings.activation,
+    )

@@ -121,13 +121,13 @@ def _run_document(folder: Path) -> dict[str, Any]:
 def _load_model(path: Path, config: Any, document: dict[str, Any]) -> Any:
     import torch
 
-    from fedmodel.models import build_model
+    from fedmodel.models import build_model, model_settings
 
     model = build_model(
         config.model,
         input_shape=document["input_shape"],
         num_classes=document["num_classes"],
-        hidden_sizes=config.hidden_layer_sizes,
+        settings=model_settings(config),
     )
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
