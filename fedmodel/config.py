@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -26,6 +27,21 @@ IMAGE_MODES = ("L", "RGB")
 UPDATE_NORM_POLICIES = ("reject", "clip")
 UPDATE_COMPRESSIONS = ("none", "int8", "topk")
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "gaussian", "nan", "label-flip")
+# User-level DP (fedmodel.privacy.user_level imports them from here).
+PRIVACY_UNITS = ("record", "user", "both")
+USER_CLIPPINGS = ("fixed", "adaptive")
+CLIENT_SAMPLINGS = ("fixed", "poisson")
+# Read only under privacy-unit "user" or "both" (client-sampling by any run, and
+# clients-per-round by any run that samples its own cohort: user-level or Poisson).
+USER_LEVEL_KEYS = ("user_noise_multiplier", "user_clipping_norm", "user_clipping", "max_epsilon")
+# Model architecture (fedmodel.models.settings) and local augmentation
+# (fedmodel.training.augmentation) choices; those modules import them from here.
+ACTIVATIONS = ("relu", "tanh")
+POOLINGS = ("max", "avg")
+NORMALIZATIONS = ("group", "none")
+AUGMENTATIONS = ("none", "crop", "crop-flip", "shift")
+# model = "package.module:factory": the user's own model (fedmodel.models.factory).
+MODEL_FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # The strategy parameters (fedmodel.strategies.STRATEGY_KEYS, checked equal by a test).
 STRATEGY_PARAMETERS = (
     "beta-1",
@@ -110,6 +126,18 @@ class RunConfig:
     momentum: float = 0.0
     model: str = "mlp"
     hidden_sizes: str = "64"
+    # Model architecture (README, "Models"); the defaults build the historical models.
+    conv_channels: str = "16,32"
+    kernel_size: int = 3
+    pooling: str = "max"
+    activation: str = "relu"
+    normalization: str = "group"
+    fix_model: bool = False  # apply Opacus's ModuleValidator.fix to the model
+    # Local training (README, "Augmentation"): per-batch random augmentation, mixup
+    # (no DP only) and De et al. 2022's augmentation multiplicity.
+    augmentation: str = "none"
+    augmentation_multiplicity: int = 1
+    mixup_alpha: float = 0.0
     dataset: str = "digits"
     data_dir: str = ""
     # dataset = "custom" (README, "Use your own data"): where the data is and how to read it.
@@ -169,11 +197,33 @@ class RunConfig:
     update_compression: str = "none"
     topk_fraction: float = 0.1
     tensorboard: bool = False  # event files in the run folder (extra: ".[tensorboard]")
+    # Where training and evaluation run (README, "GPU"): "auto", "cpu", "cuda", "cuda:N";
+    # a deployed node's node-config device wins over it (client/client_app.py).
+    device: str = "auto"
+    # The batched engine (README, "Batched engine"; simulation only): cohorts in chunks
+    # that fit this many MiB (0: the whole cohort at once); torch.compile of its step.
+    batched_memory_mb: float = 1024.0
+    batched_compile: bool = False
+    # Secure aggregation (README, "Secure aggregation"): SecAgg+ (Bell et al. 2020) through
+    # Flower's SecAggPlusWorkflow; the server learns only the sum of the sampled updates.
+    secure_aggregation: bool = False
+    secagg_num_shares: int = 3
+    secagg_reconstruction_threshold: int = 2
+    # User-level DP (README, "User-level DP"): DP-FedAvg on the server (McMahan et al.
+    # 2018), its client sampling and a user-level ε budget that ends the run.
+    privacy_unit: str = "record"
+    user_noise_multiplier: float = 1.0
+    user_clipping_norm: float = 1.0
+    user_clipping: str = "fixed"
+    clients_per_round: int = 0  # the (expected) cohort; 0: fraction-train of the nodes
+    client_sampling: str = "fixed"
+    max_epsilon: float = 0.0  # user-level budget; 0: none
 
     def __post_init__(self) -> None:
         # TOML and the CLI give hidden-sizes as 64, "64,64" or [64, 64]: kept as the
         # comma-separated string, the form Flower's run config carries.
         object.__setattr__(self, "hidden_sizes", _sizes_text(self.hidden_sizes))
+        object.__setattr__(self, "conv_channels", _sizes_text(self.conv_channels))
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
         _check_range(
@@ -193,13 +243,15 @@ class RunConfig:
         _check_range("learning_rate", self.learning_rate, "> 0", self.learning_rate > 0)
         _check_range("momentum", self.momentum, "in [0, 1)", 0 <= self.momentum < 1)
         choices = _registered()
-        _check_choice("model", self.model, choices.model)
+        if not MODEL_FACTORY_PATTERN.match(self.model):
+            _check_choice("model", self.model, choices.model, also="or 'package.module:factory'")
         _check_range(
             "hidden_sizes",
             self.hidden_sizes,
             "a comma-separated list of positive integers, e.g. '128,64'",
             _parse_sizes(self.hidden_sizes) is not None,
         )
+        self._check_model_and_augmentation()
         _check_choice("dataset", self.dataset, choices.dataset)
         dataset: DatasetTraits = choices.dataset.get(self.dataset)
         own_data = " or ".join(
@@ -266,6 +318,194 @@ class RunConfig:
         )
         _check_range("round_timeout", self.round_timeout, "> 0 seconds", self.round_timeout > 0)
         self._check_aggregation(choices)
+        _check_device(self.device)
+        _check_range(
+            "batched_memory_mb",
+            self.batched_memory_mb,
+            ">= 0 MiB (0: no limit)",
+            self.batched_memory_mb >= 0,
+        )
+        self._check_secure_aggregation()
+        self._check_user_level()
+
+    def _check_user_level(self) -> None:
+        """``privacy-unit`` and the user-level DP keys (README, "User-level DP")."""
+        _check_choice("privacy_unit", self.privacy_unit, PRIVACY_UNITS)
+        _check_choice("user_clipping", self.user_clipping, USER_CLIPPINGS)
+        _check_choice("client_sampling", self.client_sampling, CLIENT_SAMPLINGS)
+        _check_range(
+            "user_noise_multiplier",
+            self.user_noise_multiplier,
+            "> 0",
+            self.user_noise_multiplier > 0,
+        )
+        _check_range(
+            "user_clipping_norm", self.user_clipping_norm, "> 0", self.user_clipping_norm > 0
+        )
+        _check_range(
+            "clients_per_round",
+            self.clients_per_round,
+            ">= 0 (0: fraction-train of the nodes)",
+            self.clients_per_round >= 0,
+        )
+        _check_range("max_epsilon", self.max_epsilon, ">= 0 (0: no budget)", self.max_epsilon >= 0)
+        # Clients train with DP-SGD exactly when dp = true: "user" is central DP alone.
+        _check_range(
+            "privacy_unit",
+            self.privacy_unit,
+            "'user' only with dp = false (the clients then train without DP-SGD) and 'both' "
+            "or 'record' with dp = true",
+            (self.privacy_unit == "user") == (not self.dp) or self.privacy_unit == "record",
+        )
+        if self.privacy_unit == "record":
+            defaults = {f.name: f.default for f in fields(self)}
+            _check_range(
+                "clients_per_round",
+                self.clients_per_round,
+                "0 unless privacy-unit is 'user' or 'both' or client-sampling = 'poisson' "
+                "(otherwise fraction-train sets the cohort)",
+                self.clients_per_round == 0 or self.client_sampling == "poisson",
+            )
+            for name in USER_LEVEL_KEYS:
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(
+                        f"run-config key '{_kebab(name)}' = {getattr(self, name)!r} is read "
+                        "only under user-level DP: set privacy-unit = 'user' or 'both', or "
+                        "remove it"
+                    )
+            return
+        _check_range(
+            "user_clipping",
+            self.user_clipping,
+            "'fixed' with client-sampling = 'poisson' (adaptive clipping divides its noised "
+            "clipped count by the cohort's actual size, which Poisson sampling makes private)",
+            not (self.user_clipping == "adaptive" and self.client_sampling == "poisson"),
+        )
+        _check_range(
+            "min_train_replies",
+            self.min_train_replies,
+            "1 under user-level DP (every round releases an aggregate, the noise alone when "
+            "no update arrived: skipping a round for a small cohort would depend on who was "
+            "sampled and is not covered by the accounted Gaussian mechanism)",
+            self.min_train_replies == 1,
+        )
+
+    def _check_secure_aggregation(self) -> None:
+        """SecAgg+'s parameters, and the keys that need the server to see each update.
+
+        The cohort-dependent checks (shares <= sampled nodes) are the server's
+        (``server/secure_aggregation.py``), which knows how many nodes are connected.
+        """
+        _check_range(
+            "secagg_num_shares",
+            self.secagg_num_shares,
+            ">= 3 (Flower's SecAgg+ minimum)",
+            self.secagg_num_shares >= 3,
+        )
+        _check_range(
+            "secagg_reconstruction_threshold",
+            self.secagg_reconstruction_threshold,
+            f">= 2 and < secagg-num-shares = {self.secagg_num_shares}",
+            2 <= self.secagg_reconstruction_threshold < self.secagg_num_shares,
+        )
+        if not self.secure_aggregation:
+            return
+        # Under SecAgg+ the server sees only the sum: nothing that reads, weighs or
+        # changes one client's update can run (robust strategies, norm bounds, attacks
+        # simulated on an update, compressed updates). FedProx aggregates as FedAvg (its
+        # proximal term is the clients'); the server-side optimisers (FedAvgM, FedAdam,
+        # ...) would need Flower's legacy classes, not wired here.
+        needs_updates = {
+            "strategy": (self.strategy, ("fedavg", "fedprox")),
+            "max-update-norm": (self.max_update_norm, (0.0,)),
+            "byzantine-fraction": (self.byzantine_fraction, (0.0,)),
+            "update-compression": (self.update_compression, ("none",)),
+        }
+        for key, (value, allowed) in needs_updates.items():
+            if value not in allowed:
+                allowed_text = " or ".join(repr(a) for a in allowed)
+                raise ConfigError(
+                    f"run-config key '{key}' = {value!r} cannot be combined with "
+                    f"secure-aggregation = true: the server sees only the sum of the "
+                    f"updates, never one update (use {key} = {allowed_text}, or "
+                    "secure-aggregation = false)"
+                )
+        # User-level DP under SecAgg+: each client clips its own update before masking
+        # (server/secure_aggregation.py). Adaptive clipping would need each client's
+        # clipped bit in the clear, beside its masked vector: not offered.
+        privacy_unit = getattr(self, "privacy_unit", "record")
+        if privacy_unit != "record" and getattr(self, "user_clipping", "fixed") != "fixed":
+            raise ConfigError(
+                f"run-config key 'user-clipping' = {self.user_clipping!r} cannot be combined "
+                "with secure-aggregation = true: adaptive clipping needs each client's "
+                "clipped/unclipped bit, which the server would see outside the masked sum "
+                "(use user-clipping = 'fixed')"
+            )
+        if self.resume:
+            raise ConfigError(
+                "run-config key 'resume' = true cannot be combined with secure-aggregation "
+                "= true: secure-aggregation runs write no checkpoints"
+            )
+        # Flower's legacy FedAvg samples the cohort (fraction-train) under SecAgg+.
+        sampling = {
+            "client-sampling": (getattr(self, "client_sampling", "fixed"), "fixed"),
+            "clients-per-round": (getattr(self, "clients_per_round", 0), 0),
+        }
+        for key, (value, allowed) in sampling.items():
+            if value != allowed:
+                raise ConfigError(
+                    f"run-config key '{key}' = {value!r} cannot be combined with "
+                    f"secure-aggregation = true: under SecAgg+ a round samples a fixed "
+                    f"cohort, fraction-train of the nodes, which secagg-num-shares is checked "
+                    f"against before round 1 (a Poisson cohort's size varies and could fall "
+                    f"below the shares; use {key} = {allowed!r})"
+                )
+
+    def _check_model_and_augmentation(self) -> None:
+        _check_range(
+            "conv_channels",
+            self.conv_channels,
+            "a comma-separated list of positive integers, e.g. '32,64'",
+            _parse_sizes(self.conv_channels) is not None,
+        )
+        _check_range(
+            "kernel_size",
+            self.kernel_size,
+            "an odd integer >= 1 ('same' padding)",
+            self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+        )
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _check_range(
+            "augmentation_multiplicity",
+            self.augmentation_multiplicity,
+            ">= 1",
+            self.augmentation_multiplicity >= 1,
+        )
+        _check_range(
+            "augmentation_multiplicity",
+            self.augmentation_multiplicity,
+            "1 with augmentation = 'none' (the K copies would be identical)",
+            self.augmentation_multiplicity == 1 or self.augmentation != "none",
+        )
+        _check_range(
+            "augmentation_multiplicity",
+            self.augmentation_multiplicity,
+            "1 with grad-sample-mode = 'ew' under DP (its per-example gradients cannot be "
+            "averaged over the copies; 'ghost', 'hooks' and 'functorch' can)",
+            not (self.dp and self.augmentation_multiplicity > 1 and self.grad_sample_mode == "ew"),
+        )
+        _check_range("mixup_alpha", self.mixup_alpha, ">= 0 (0: off)", self.mixup_alpha >= 0)
+        _check_range(
+            "mixup_alpha",
+            self.mixup_alpha,
+            "0 with dp = true: mixup blends pairs of examples, so one record reaches two "
+            "training examples and DP-SGD's record-level per-example sensitivity bound no "
+            "longer holds (use augmentation and augmentation-multiplicity under DP)",
+            not (self.dp and self.mixup_alpha > 0),
+        )
 
     def _check_aggregation(self, choices: Choices) -> None:
         _check_choice("strategy", self.strategy, choices.strategy)
@@ -304,7 +544,9 @@ class RunConfig:
         )
         _check_choice("update_norm_policy", self.update_norm_policy, UPDATE_NORM_POLICIES)
         _check_range(
-            "byzantine_fraction", self.byzantine_fraction, "in [0, 1)",
+            "byzantine_fraction",
+            self.byzantine_fraction,
+            "in [0, 1)",
             0 <= self.byzantine_fraction < 1,
         )
         _check_choice("byzantine_attack", self.byzantine_attack, BYZANTINE_ATTACKS)
@@ -313,19 +555,22 @@ class RunConfig:
         )
         _check_choice("update_compression", self.update_compression, UPDATE_COMPRESSIONS)
         _check_range(
-            "byzantine_fraction", self.byzantine_fraction,
+            "byzantine_fraction",
+            self.byzantine_fraction,
             "0 with update-compression (the simulated attacks corrupt uncompressed weights)",
             self.byzantine_fraction == 0 or self.update_compression == "none",
         )
+        _check_range("topk_fraction", self.topk_fraction, "in (0, 1]", 0 < self.topk_fraction <= 1)
         _check_range(
-            "topk_fraction", self.topk_fraction, "in (0, 1]", 0 < self.topk_fraction <= 1
+            "topk_fraction",
+            self.topk_fraction,
+            "left at its default unless update-compression = 'topk'",
+            self.update_compression == "topk" or self.topk_fraction == 0.1,
         )
         _check_range(
-            "topk_fraction", self.topk_fraction, "left at its default unless update-compression "
-            "= 'topk'", self.update_compression == "topk" or self.topk_fraction == 0.1,
-        )
-        _check_range(
-            "resume", self.resume, "used with a run-dir to continue",
+            "resume",
+            self.resume,
+            "used with a run-dir to continue",
             not self.resume or bool(self.run_dir),
         )
 
@@ -333,6 +578,13 @@ class RunConfig:
     def hidden_layer_sizes(self) -> tuple[int, ...]:
         """``hidden-sizes`` parsed into a tuple of ints."""
         sizes = _parse_sizes(self.hidden_sizes)
+        assert sizes is not None  # validated in __post_init__
+        return sizes
+
+    @property
+    def conv_channel_sizes(self) -> tuple[int, ...]:
+        """``conv-channels`` parsed into a tuple of ints."""
+        sizes = _parse_sizes(self.conv_channels)
         assert sizes is not None  # validated in __post_init__
         return sizes
 
@@ -428,9 +680,42 @@ def _check_range(name: str, value: Any, allowed: str, ok: bool) -> None:
         )
 
 
-def _check_choice(name: str, value: str, choices: Collection[str]) -> None:
+def _check_device(spec: str) -> None:
+    """``device``: spelled right, and CUDA present where it names CUDA (before anything runs).
+
+    The same rules as ``fedmodel.training.device.resolve_device`` (a test keeps them
+    equal); written here because the training package imports this module, so this one
+    cannot import it (``lint-imports``: no cycles between fedmodel's packages).
+    """
+    _check_range(
+        "device",
+        spec,
+        "'auto', 'cpu', 'cuda' or 'cuda:N' (N = 0, 1, ...)",
+        spec in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", spec) is not None,
+    )
+    if spec in ("auto", "cpu"):
+        return
+    import torch  # only here: the default device needs no torch to validate
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(spec.partition(":")[2] or 0)
+    if index >= count:
+        found = (
+            f"this machine has {count} CUDA device(s)"
+            if count
+            else f"this torch {torch.__version__} finds no CUDA device"
+            + (" (a CPU-only build)" if torch.version.cuda is None else "")
+        )
+        raise ConfigError(
+            f"run-config key 'device' = {spec!r} is not available: {found}; use 'auto' or "
+            "'cpu', or install a CUDA build of torch (README, 'GPU')"
+        )
+
+
+def _check_choice(name: str, value: str, choices: Collection[str], *, also: str = "") -> None:
     if value not in choices:
         raise ConfigError(
             f"run-config key '{_kebab(name)}' = {value!r} is not known: must be one of "
             + ", ".join(repr(c) for c in choices)
+            + (f" {also}" if also else "")
         )

@@ -8,8 +8,13 @@ records hold scalars and lists of scalars only.
 
 from __future__ import annotations
 
+import functools
+import io
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
@@ -247,6 +252,93 @@ def _records_to_compressed(content: RecordDict) -> CompressedUpdate:
         offset += lengths[i]
         tensors[name] = CompressedTensor(shape=shape, dtype=dtype, parts=parts)
     return CompressedUpdate(method=method, tensors=tensors)
+
+
+def state_dict_to_record(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
+    """``ArrayRecord(state)``, byte for byte, at a fraction of the cost (see :func:`to_array`)."""
+    return ArrayRecord({name: to_array(value) for name, value in state.items()})
+
+
+def record_to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
+    """``record.to_torch_state_dict()``: the same tensors (writable copies), decoded faster."""
+    return OrderedDict(
+        (name, torch.from_numpy(to_numpy(array).copy())) for name, array in record.items()
+    )
+
+
+def to_array(value: torch.Tensor | np.ndarray) -> Array:
+    """``Array(value)`` with the same bytes: the ``.npy`` header cached per dtype and shape.
+
+    Why by hand: Flower's ``Array`` runs ``np.save`` per array, whose header formatting
+    costs more than copying a small model's values (~40 us of ~50 per array); a round of
+    100 replies of 6 arrays paid it 600 times. For a C-contiguous array ``np.save`` writes
+    the header (a function of dtype and shape only) and then ``tobytes()``, so the result
+    is identical. Anything else (Fortran order, object dtypes) goes through Flower.
+    """
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    if array.dtype.hasobject or array.dtype.fields is not None or not array.flags.c_contiguous:
+        return Array(np.asarray(array))
+    header = _npy_header(array.dtype.str, array.shape)
+    return Array(
+        dtype=str(array.dtype),
+        shape=tuple(array.shape),
+        stype="numpy.ndarray",
+        data=header + array.tobytes(),
+    )
+
+
+def to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` as a read-only view of its bytes (no copy, header parse cached).
+
+    Why by hand: ``np.load`` parses the ``.npy`` header with ``ast.literal_eval`` on
+    every call (~45 us of ~50 for a small array). The header is parsed once per distinct
+    header and the bytes after it are viewed only if they are exactly the values the
+    header describes; every other case (other versions, Fortran order, a size mismatch,
+    a malformed header) is left to ``array.numpy()``, which reads or rejects it.
+    """
+    data = array.data
+    if array.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY" or len(data) < 10:
+        return array.numpy()
+    if data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    elif data[6] == 2:
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    else:
+        return array.numpy()
+    parsed = _parsed_header(bytes(data[:offset]))
+    if parsed is None:
+        return array.numpy()
+    dtype, shape = parsed
+    if len(data) - offset != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        return array.numpy()  # truncated or padded: np.load says what is wrong
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, dtype=np.dtype(dtype)), allow_pickle=False)
+    return buffer.getvalue()[
+        : -np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) or None
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]] | None:
+    try:
+        stream = io.BytesIO(header)
+        major, _ = np.lib.format.read_magic(stream)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read(stream)
+    except Exception:  # noqa: BLE001 - malformed: array.numpy() raises its own error
+        return None
+    if fortran or dtype.hasobject or dtype.fields is not None or stream.read(1):
+        return None
+    return dtype, tuple(int(n) for n in shape)
 
 
 def serialized_size(content: RecordDict) -> int:

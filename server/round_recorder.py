@@ -13,10 +13,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fedmodel.config import RunConfig
+from fedmodel.records import record_to_state_dict
 from fedmodel.results import RoundMetrics, RunFolder
+from fedmodel.results.privacy_report import privacy_report
 from fedmodel.results.tensorboard import TensorBoardWriter
 from fedmodel.training import evaluate
+from fedmodel.training.device import resolve_device
 from server.strategies.client_tracking import ClientTracking
+from server.strategies.user_level_dp import user_level_layer
 
 PER_CLIENT_LOG_LIMIT = 5
 
@@ -62,9 +66,11 @@ class RoundRecorder:
         self.strategy = strategy
         self.folder = folder
         self.clock = clock
+        self.user_level = user_level_layer(strategy)  # DP-FedAvg's layer, if any
         # The state a resumed run would need; everything else is given.
         self.round_started = clock()
         self.saved_ledgers: dict[str, dict[str, Any]] = {}  # client -> ledger last written
+        self._decoded: tuple[ArrayRecord, dict[str, Any]] | None = None  # the last weights
         # run-config tensorboard: event files in <run-dir>/tensorboard (optional extra)
         self.tensorboard = (
             TensorBoardWriter(folder.path / "tensorboard") if config.tensorboard else None
@@ -94,8 +100,17 @@ class RoundRecorder:
 
     def evaluate(self, arrays: ArrayRecord) -> tuple[float, float]:
         """Loss and accuracy of the weights ``arrays`` on the test set (nan without one)."""
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate(self.model, self.test) if self.test is not None else (math.nan, math.nan)
+        self.model.load_state_dict(self._state_dict(arrays))
+        if self.test is None:
+            return math.nan, math.nan
+        # On the run config's device (README, "GPU"); the weights arrive as CPU tensors.
+        return evaluate(self.model, self.test, device=resolve_device(self.config.device))
+
+    def _state_dict(self, arrays: ArrayRecord) -> dict[str, Any]:
+        """``arrays`` as a state dict, decoded once for evaluation and the run folder."""
+        if self._decoded is None or self._decoded[0] is not arrays:
+            self._decoded = (arrays, record_to_state_dict(arrays))
+        return self._decoded[1]
 
     def round_metrics(self, server_round: int, *, loss: float, accuracy: float) -> RoundMetrics:
         """The round's metrics: the test results given, the rest from the strategy."""
@@ -122,21 +137,35 @@ class RoundRecorder:
                 if strategy.last_round_uncompressed_bytes
                 else math.nan
             ),
+            user_epsilon=self.user_level.epsilon() if self.user_level else math.nan,
         )
 
     def write(self, metrics: RoundMetrics, arrays: ArrayRecord) -> None:
         """Add the round to the run folder, with the global model and the new ledgers."""
-        self.folder.add_round(metrics)
-        self.folder.save_model(arrays.to_torch_state_dict())
-        for client, ledger in self.strategy.ledgers.items():
-            if self.saved_ledgers.get(client) is not ledger:  # new: keep rounds O(sampled)
-                self.folder.save_ledger(client, ledger)
-                self.saved_ledgers[client] = ledger
+        with self.folder.batch():  # one folder fsync for the round's files, not one each
+            self.folder.add_round(metrics)
+            self.folder.save_model(self._state_dict(arrays))
+            self.write_privacy_report()
+            for client, ledger in self.strategy.ledgers.items():
+                if self.saved_ledgers.get(client) is not ledger:  # new: keep rounds O(sampled)
+                    self.folder.save_ledger(client, ledger)
+                    self.saved_ledgers[client] = ledger
         if self.tensorboard is not None:
             epsilons = self.strategy.epsilons() if self.config.dp else []
             self.tensorboard.add_round(metrics, client_epsilons=epsilons)
             if metrics.round >= self.config.num_server_rounds:
                 self.tensorboard.close()  # the last round: its writer thread ends with the run
+
+    def write_privacy_report(self, *, stopped: str = "") -> None:
+        """``privacy.json`` and ``privacy.md`` as of the rounds recorded so far."""
+        report = privacy_report(
+            self.config,
+            ledgers=self.strategy.ledgers,
+            user_level=self.user_level.report() if self.user_level else None,
+            rounds_run=len(self.folder.rounds),
+            stopped=stopped,
+        )
+        self.folder.save_privacy_report(report)
 
     def print_round(self, metrics: RoundMetrics) -> None:
         """The round's line, then where noise came from, per-client ε, failures."""

@@ -21,6 +21,7 @@ def simulate(
     workers: int = 0,
     engine: str = "inprocess",
     noise_source: str = "seeded",
+    gpus_per_client: float = 0.0,
 ) -> SimulationResult:
     """Run a federated job in-process: the ServerApp against ``num_clients`` ClientApps.
 
@@ -44,11 +45,18 @@ def simulate(
         ``"inprocess"`` (this process, optionally with ``workers``,
         :func:`simulations.engines.inprocess.simulate_in_process`) or ``"ray"``:
         Flower's Simulation Engine through a local SuperLink, see
-        :func:`simulations.engines.ray.simulate_on_ray` (``workers`` = Ray actors).
+        :func:`simulations.engines.ray.simulate_on_ray` (``workers`` = Ray actors), or
+        ``"batched"``: in-process with each round's clients trained at once
+        (:func:`simulations.engines.batched.simulate_batched`; what it cannot batch runs
+        sequentially, the reason printed), or ``"auto"``: batched where it is faster.
     noise_source : str
         Where the simulated nodes draw DP noise and Poisson batches (node config
         ``noise-source``): ``"seeded"`` (reproducible bit for bit) or ``"secure"``
         (as a deployed node: ChaCha20 from ``os.urandom``). In-process engine only.
+    gpus_per_client : float
+        Ray engine only: GPUs Ray reserves per client actor (Flower's
+        ``client-resources-num-gpus``; fractions share a GPU). The in-process engine and
+        its workers use run-config ``device``, one device per process (README, "GPU").
 
     Clients train with one torch thread (see ``simulations/engines/clientapp.py``); the
     server's evaluation keeps torch's default.
@@ -72,7 +80,30 @@ def simulate(
                 "run-config key 'resume' = true: resume runs on the in-process engine (engine "
                 "= 'inprocess'), which checkpoints every node's Context; the Ray engine does not"
             )
-        return simulate_on_ray(config, num_clients=num_clients, workers=workers, verbose=verbose)
+        return simulate_on_ray(
+            config,
+            num_clients=num_clients,
+            workers=workers,
+            gpus_per_client=gpus_per_client,
+            verbose=verbose,
+        )
+    if gpus_per_client:
+        raise ConfigError(
+            f"--gpus-per-client = {gpus_per_client!r} is for the Ray engine (engine = 'ray'); "
+            "the other engines train on run-config 'device', one per process"
+        )
+    if engine in ("batched", "auto"):
+        from simulations.engines.batched import simulate_batched
+
+        return simulate_batched(
+            config,
+            num_clients=num_clients,
+            client_data=client_data,
+            verbose=verbose,
+            workers=workers,
+            noise_source=noise_source,
+            auto=engine == "auto",
+        )
     if engine != "inprocess":
         known = " or ".join(repr(name) for name in ENGINES)
         raise ConfigError(f"engine {engine!r} is not known: must be {known}")

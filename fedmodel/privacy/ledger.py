@@ -130,7 +130,7 @@ def epsilon_of(
     if any(sigma == 0 for sigma, _, _ in entries):
         return math.inf
     if accountant == "rdp":
-        return _rdp_epsilon(entries, delta=delta)
+        return _rdp_epsilon(tuple(entries), delta=delta)
     if accountant not in ACCOUNTANT_NAMES:
         raise ValueError(f"unknown accountant {accountant!r}")
     composed = create_accountant(mechanism=accountant)
@@ -138,12 +138,14 @@ def epsilon_of(
     return float(composed.get_epsilon(delta=delta))
 
 
-def _rdp_epsilon(history: list[tuple[float, float, int]], *, delta: float) -> float:
+@functools.lru_cache(maxsize=4096)
+def _rdp_epsilon(history: tuple[tuple[float, float, int], ...], *, delta: float) -> float:
     """Exactly ``RDPAccountant.get_epsilon(delta, alphas=RDP_ORDERS)``, cached per (σ, q).
 
     Opacus recomputes the RDP series of every history entry on each query (~0.2 s per
     (σ, q) at its default orders); RDP composes linearly in the steps, so the one-step
-    vector times the step count is the same array Opacus builds.
+    vector times the step count is the same array Opacus builds. Whole histories are
+    cached too: the clients of a federation share them, and each asks twice a round.
     """
     rdp = sum(_rdp_of_one_step(sigma, q) * steps for sigma, q, steps in history)
     epsilon, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)

@@ -16,12 +16,16 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -144,6 +148,31 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.rounds: list[RoundMetrics] = []
+        self._pending: dict[Path, str | bytes] | None = None  # inside batch(): not yet written
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the writes made inside, then write them together (also when it raises).
+
+        Each file is still written atomically and durably (temporary file, fsync,
+        rename), but each folder is fsynced once for all its renames instead of once per
+        file: a round of 100 clients wrote ~105 files, each with its own folder fsync.
+        """
+        if self._pending is not None:  # nested: the outer batch writes
+            yield
+            return
+        self._pending = {}
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            _write_all_atomically(pending)
+
+    def _write(self, path: Path, data: str | bytes) -> None:
+        if self._pending is None:
+            write_atomically(path, data)
+        else:
+            self._pending[path] = data
 
     def create(self, config: RunConfig, *, extra: dict[str, Any] | None = None) -> None:
         """Make the folder (refusing one that already holds a run) and write the config."""
@@ -159,29 +188,74 @@ class RunFolder:
 
     def _write_metrics(self) -> None:
         rows = [asdict(r) for r in self.rounds]
-        write_atomically(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
+        self._write(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)])
         writer.writeheader()
         writer.writerows(rows)
-        write_atomically(self.path / "metrics.csv", buffer.getvalue())
+        self._write(self.path / "metrics.csv", buffer.getvalue())
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         buffer = io.BytesIO()
         torch.save(state_dict, buffer)
-        write_atomically(self.path / "model.pt", buffer.getvalue())
+        self._write(self.path / "model.pt", buffer.getvalue())
 
     def save_privacy_report(self, report: dict[str, Any]) -> None:
         """Write ``privacy.json`` and ``privacy.md`` (see ``privacy_report``)."""
         text = json.dumps(report, indent=2) + "\n"
-        write_atomically(self.path / "privacy.json", text)
-        write_atomically(self.path / "privacy.md", privacy_markdown(report))
+        self._write(self.path / "privacy.json", text)
+        self._write(self.path / "privacy.md", privacy_markdown(report))
 
     def save_ledger(self, client: str, ledger: dict[str, Any]) -> None:
         """Write ``privacy/<client>.json`` (``ledger`` holds history, δ, ε, ...)."""
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
         text = json.dumps(ledger, indent=2) + "\n"
-        write_atomically(self.path / "privacy" / f"{safe}.json", text)
+        self._write(self.path / "privacy" / f"{safe}.json", text)
+
+
+def _write_all_atomically(files: dict[Path, str | bytes]) -> None:
+    """:func:`write_atomically` for many files, one fsync per folder for the renames.
+
+    Why not ``write_atomically`` per file: its folder fsync, once per file, was most of
+    a large round's run-folder time. Every file's bytes are fsynced before any rename,
+    then the renames, then each folder once: after it returns all are durable.
+    """
+    temporary: list[tuple[str, Path]] = []
+    renamed = 0
+
+    def write(path: Path, data: str | bytes) -> None:
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as tmp:
+            temporary.append((tmp.name, path))  # list.append is atomic under the GIL
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+
+    try:
+        if len(files) > 2:  # fsyncs in flight together share the journal's commits
+            with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+                for future in [pool.submit(write, path, data) for path, data in files.items()]:
+                    future.result()  # the first failure raises, after all have finished
+        else:
+            for path, data in files.items():
+                write(path, data)
+        order = {path: i for i, path in enumerate(files)}
+        temporary.sort(key=lambda entry: order[entry[1]])  # renamed in the order written
+        for name, path in temporary:
+            os.replace(name, path)
+            renamed += 1
+    finally:
+        for name, _ in temporary[renamed:]:  # a write failed: leave no temporary file
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+    for folder in {path.parent for path in files}:
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:

@@ -16,6 +16,12 @@ from fedmodel.privacy.ledger import PrivacyLedger
 from fedmodel.privacy.node_policy import NOISE_SOURCES
 from fedmodel.privacy.sampling_plan import sample_rate_for
 from fedmodel.privacy.secure_randomness import SecureRandomness
+from fedmodel.training.augmentation import (
+    AugmentationSettings,
+    BatchAugmenter,
+    combine_copies,
+    grad_sample_mode_for,
+)
 from fedmodel.training.poisson_sampling import poisson_loader
 
 GRAD_SAMPLE_MODES = ("hooks", "ew", "functorch", "ghost")
@@ -32,6 +38,9 @@ class TrainingSettings:
     ``proximal_mu`` is FedProx's ``mu`` (Li et al. 2020): after every optimizer step the
     weights are pulled towards the round's global model (see :func:`train_locally`);
     0 is plain local training, and ``learning_rate * proximal_mu`` must be below 1.
+
+    ``augmentation``, ``augmentation_multiplicity`` and ``mixup_alpha`` are those of
+    :class:`~fedmodel.training.augmentation.AugmentationSettings` (mixup: no DP only).
     """
 
     epochs: int
@@ -43,8 +52,12 @@ class TrainingSettings:
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "ghost"
     proximal_mu: float = 0.0
+    augmentation: str = "none"
+    augmentation_multiplicity: int = 1
+    mixup_alpha: float = 0.0
 
     def __post_init__(self) -> None:
+        _ = self.augmentation_settings  # validates the augmentation fields
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -68,6 +81,16 @@ class TrainingSettings:
                 f"must be one of {', '.join(GRAD_SAMPLE_MODES)}"
             )
 
+    @property
+    def augmentation_settings(self) -> AugmentationSettings:
+        """The augmentation fields as :class:`AugmentationSettings` (validated)."""
+        return AugmentationSettings(
+            augmentation=self.augmentation,
+            multiplicity=self.augmentation_multiplicity,
+            mixup_alpha=self.mixup_alpha,
+            dp=self.dp,
+        )
+
 
 @dataclass(frozen=True)
 class LocalTrainingResult:
@@ -87,6 +110,7 @@ def train_locally(
     ledger: PrivacyLedger | None,
     seed: int,
     noise_source: str = "seeded",
+    device: torch.device | None = None,
 ) -> LocalTrainingResult:
     """Train ``model`` in place for ``settings.epochs`` epochs over ``dataset``.
 
@@ -122,7 +146,13 @@ def train_locally(
     With ``mu = 0`` nothing is copied or applied: training is bit-identical to plain
     local training.
 
-    Returns the weights of the unwrapped module (no ``_module.`` prefix).
+    ``device`` (default: the CPU) is where ``model`` is moved and trained: batches,
+    Opacus's per-sample gradients and the seeded noise (a generator on ``device``, so no
+    host round trip per step) live there. Poisson batches are still drawn on the CPU,
+    so a seed picks the same batches on every device. Secure noise is drawn on the CPU
+    (ChaCha20) and copied to ``device`` each step.
+
+    Returns the weights of the unwrapped module (no ``_module.`` prefix), on the CPU.
     """
     if noise_source not in NOISE_SOURCES:
         raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got {noise_source!r}")
@@ -130,6 +160,8 @@ def train_locally(
     sample_rate = sample_rate_for(num_examples, settings.batch_size)
     expected_batch_size = sample_rate * num_examples
     mu = settings.proximal_mu
+    device = torch.device("cpu") if device is None else device
+    model.to(device)  # in place: the optimizer below and the anchor see the moved parameters
     # FedProx's anchor: the global model this round started from (parameters only).
     anchor = [(p, p.detach().clone()) for p in model.parameters()] if mu > 0 else []
     generator = torch.Generator().manual_seed(seed)
@@ -147,6 +179,9 @@ def train_locally(
     )
     criterion: nn.Module = nn.CrossEntropyLoss(reduction="sum")
     trained: nn.Module = model
+    augmenting = settings.augmentation_settings
+    augmenter = BatchAugmenter(augmenting, seed=seed) if augmenting.active else None
+    grad_sample_mode = grad_sample_mode_for(settings.grad_sample_mode, augmenting)
     if settings.dp:
         if ledger is None:
             raise ValueError("DP training needs a PrivacyLedger to record its steps")
@@ -156,7 +191,9 @@ def train_locally(
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=ledger.accountant_name)
             engine.accountant = ledger.accountant  # Opacus records each step in our ledger
-            noise_generator = None if secure else torch.Generator().manual_seed(seed + 1)
+            noise_generator = (
+                None if secure else torch.Generator(device=device).manual_seed(seed + 1)
+            )
             prepared = engine.make_private(
                 module=model,
                 optimizer=optimizer,
@@ -166,10 +203,10 @@ def train_locally(
                 max_grad_norm=settings.max_grad_norm / expected_batch_size,
                 loss_reduction="sum",
                 poisson_sampling=False,  # the loader above samples (see poisson_sampling.py)
-                grad_sample_mode=settings.grad_sample_mode,
+                grad_sample_mode=grad_sample_mode,
                 noise_generator=noise_generator,
             )
-        if settings.grad_sample_mode == "ghost":
+        if grad_sample_mode == "ghost":
             trained, optimizer, criterion, loader = prepared
         else:
             trained, optimizer, loader = prepared
@@ -183,9 +220,15 @@ def train_locally(
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(settings.epochs):
             for x, y in loader:
+                x, y = x.to(device), y.to(device)  # no copy on the CPU
                 optimizer.zero_grad(set_to_none=True)
-                loss = criterion(trained(x), y) / expected_batch_size
+                if augmenter:  # augmentation.py: per-example copies, mixup (no DP)
+                    loss = augmenter.loss(trained, criterion, x, y) / expected_batch_size
+                else:
+                    loss = criterion(trained(x), y) / expected_batch_size
                 loss.backward()
+                if settings.dp and augmenting.multiplicity > 1:
+                    combine_copies(optimizer.params, multiplicity=augmenting.multiplicity)  # type: ignore[attr-defined]
                 optimizer.step()
                 if anchor:
                     _proximal_step(anchor, step_size=settings.learning_rate * mu)
@@ -194,7 +237,8 @@ def train_locally(
                 total_seen += len(y)
     if settings.dp and hasattr(trained, "_close"):
         trained._close()  # remove Opacus hooks so ``model`` is a plain module again
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Weights leave as CPU tensors whatever the device: messages and run folder unchanged.
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return LocalTrainingResult(
         state_dict=state,
         num_examples=num_examples,
@@ -245,11 +289,24 @@ def _draw_noise_from(secure: SecureRandomness, optimizer: DPOptimizer) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` (a plain, unwrapped module)."""
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` (a plain, unwrapped module).
+
+    With ``device``, ``model`` is moved there (in place) and the batches follow it.
+    """
+    if device is not None:
+        model.to(device)
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
+        if device is not None:
+            x, y = x.to(device), y.to(device)
         logits = model(x)
         total_loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(dim=1) == y).sum())

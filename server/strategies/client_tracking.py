@@ -19,6 +19,7 @@ from fedmodel.records import (
     COMPRESSED_ARRAYS_KEY,
     COMPRESSION_KEY,
     record_to_ledger,
+    record_to_state_dict,
     records_to_compressed,
     serialized_size,
 )
@@ -238,7 +239,9 @@ class ClientTracking(Strategy):
             log(
                 INFO,
                 "Clipping the update of node %s: norm %.4g to max-update-norm %g",
-                node_id, verdict.norm, self.validator.max_update_norm,
+                node_id,
+                verdict.norm,
+                self.validator.max_update_norm,
             )
         if verdict.content is reply.content:
             return reply
@@ -252,7 +255,7 @@ class ClientTracking(Strategy):
         # Kept: the Grid stamps each with its message id, which replies refer to.
         self._sent = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.validator.use_reference(arrays)  # what every reply's model must match
-        self._global = arrays.to_torch_state_dict()  # what compressed updates add to
+        self._global = record_to_state_dict(arrays)  # what compressed updates add to
         return self._sent
 
     def aggregate_train(
@@ -291,7 +294,9 @@ class ClientTracking(Strategy):
             log(
                 WARNING,
                 "Round %s: %s of at least %s updates arrived; the global model is unchanged",
-                server_round, len(accepted), self.min_train_replies,
+                server_round,
+                len(accepted),
+                self.min_train_replies,
             )
             return self._unchanged("")  # unchanged_reason says how many arrived
         state = copy.deepcopy(vars(self.strategy))  # restored if the aggregate is unfit
@@ -299,8 +304,11 @@ class ClientTracking(Strategy):
         if arrays is None:
             return self._unchanged(f"{type(self.strategy).__name__} aggregated nothing")
         if not all_finite(arrays):
-            log(WARNING, "Round %s: the aggregate is not finite; the global model is kept",
-                server_round)
+            log(
+                WARNING,
+                "Round %s: the aggregate is not finite; the global model is kept",
+                server_round,
+            )
             vars(self.strategy).clear()
             vars(self.strategy).update(state)
             return self._unchanged("the aggregate is not finite")

@@ -31,6 +31,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from fedmodel.config import UPDATE_NORM_POLICIES
+from fedmodel.records import to_numpy
 
 NAMES_SHOWN = 3  # array names listed in a message about missing or unexpected ones
 
@@ -95,7 +96,8 @@ class UpdateValidator:
 
     def use_reference(self, arrays: ArrayRecord) -> None:
         """Check the next replies against ``arrays``, the global model they were sent."""
-        self._reference = {name: array.numpy() for name, array in arrays.items()}
+        # Read-only views of the bytes (fedmodel.records.to_numpy): decoded once per round.
+        self._reference = {name: to_numpy(array) for name, array in arrays.items()}
 
     def check(self, content: RecordDict) -> Verdict:
         """Accept, clip or reject one training reply's ``content``."""
@@ -104,14 +106,14 @@ class UpdateValidator:
         records = content.array_records
         if len(records) != 1:
             return Verdict(None, f"reply carries {len(records)} array records; expected 1")
-        (key, record), = records.items()
+        ((key, record),) = records.items()
         problem = _names_problem(list(record), list(self._reference))
         if problem:
             return Verdict(None, problem)
         received: dict[str, np.ndarray] = {}
         for name, expected in self._reference.items():
             try:
-                value = record[name].numpy()
+                value = to_numpy(record[name])  # np.load's result, without its header parse
             except Exception as error:  # noqa: BLE001 - any undecodable array is the client's
                 return Verdict(None, f"array {name!r} cannot be read ({type(error).__name__})")
             if value.shape != expected.shape or value.dtype != expected.dtype:
@@ -174,7 +176,7 @@ def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
 def all_finite(arrays: ArrayRecord) -> bool:
     """Whether every value of every floating-point array of ``arrays`` is finite."""
     for array in arrays.values():
-        value = array.numpy()
+        value = to_numpy(array)
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             return False
     return True

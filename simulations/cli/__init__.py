@@ -8,7 +8,9 @@
   :mod:`simulations.cli.make_node_key`;
 - ``compress`` (prune and quantise a run's model), ``plot`` (redraw a run's plots),
   ``explain`` (attributions on the server's test set): :mod:`simulations.cli.compress`,
-  :mod:`simulations.cli.plot`, :mod:`simulations.cli.explain`.
+  :mod:`simulations.cli.plot`, :mod:`simulations.cli.explain`;
+- ``audit`` (a membership-inference attack on a run's model, the empirical ε beside the
+  claimed one): :mod:`simulations.cli.audit`.
 
 :func:`main` is the one place that turns an expected failure into one line on stderr
 (``fedmodel: invalid config: ...``) and an exit code; ``fedmodel --debug ...`` adds the
@@ -30,6 +32,7 @@ import sys
 import traceback
 
 from simulations.cli import (
+    audit,
     compress,
     deploy_local,
     download,
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         explain,
         compress,
         plot,
+        audit,
     ):
         command.add_parser(commands)
     return parser

@@ -29,14 +29,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--engine",
         choices=ENGINES,
         default="inprocess",
-        help="inprocess (default) or ray: Flower's Simulation Engine via a local SuperLink; "
-        "set RAY_ADDRESS to use a running Ray cluster (README, 'Simulate at scale')",
+        help="inprocess (default); ray: Flower's Simulation Engine via a local SuperLink "
+        "(set RAY_ADDRESS to use a running Ray cluster, README, 'Simulate at scale'); "
+        "batched: each round's clients trained at once (README, 'Batched engine'); "
+        "auto: batched where it is faster",
     )
     simulate.add_argument(
         "--workers",
         type=int,
         default=0,
         help="train clients in N worker processes (ray: N actors); default 0: in this process",
+    )
+    simulate.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="ray: GPUs Ray reserves per client actor (Flower's client-resources-num-gpus); "
+        "a fraction shares a GPU, e.g. 0.25: four clients per GPU (README, 'GPU')",
     )
     simulate.add_argument(
         "--noise-source",
@@ -89,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             engine=args.engine,
             noise_source=args.noise_source,
+            gpus_per_client=args.gpus_per_client,
         )
     if not args.no_plots:
         from simulations.plots import plot_run
@@ -130,6 +141,11 @@ def _experiment(args: argparse.Namespace) -> int:
     from simulations.experiments.runner import run_experiment
     from simulations.experiments.spec import load_experiment
 
+    if args.gpus_per_client:
+        from fedmodel.config import ConfigError
+
+        # Not silently dropped: the experiment runner has no GPU share to pass on.
+        raise ConfigError("--gpus-per-client applies to a single run, not to --config experiments")
     experiment = load_experiment(args.config, overrides=dict(args.overrides), clients=args.clients)
     if args.dry_run:
         print(experiment.describe())

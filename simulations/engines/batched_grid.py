@@ -31,7 +31,7 @@ from fedmodel.data.sources import check_trainable
 from fedmodel.privacy.client_privacy import ClientPrivacy, RoundPlan
 from fedmodel.privacy.delta import check_delta
 from fedmodel.privacy.node_policy import NodePolicy
-from fedmodel.records import client_privacy_to_record, ledger_to_record
+from fedmodel.records import client_privacy_to_record, ledger_to_record, record_to_state_dict
 from fedmodel.training import LocalTrainingResult, TrainingSettings
 from fedmodel.training.batched_training import CohortMember, train_cohort, unbatchable_reason
 from simulations.engines.clientapp import one_torch_thread
@@ -186,7 +186,7 @@ class _Shared:
     def initial_state(self, msg: Message) -> dict[str, Any]:
         arrays = msg.content["arrays"]
         if id(arrays) not in self.weights:  # the record is kept too, so its id stays its own
-            self.weights[id(arrays)] = (arrays, arrays.to_torch_state_dict())
+            self.weights[id(arrays)] = (arrays, record_to_state_dict(arrays))
         return self.weights[id(arrays)][1]
 
 

@@ -124,6 +124,7 @@ def test_allowed_values_are_the_registered_names(key, names):
     assert str(error.value) == (
         f"run-config key '{key}' = 'unregistered' is not known: must be one of "
         + ", ".join(repr(name) for name in names)
+        + (" or 'package.module:factory'" if key == "model" else "")
     )
 
 

@@ -1,0 +1,64 @@
+"""fedmodel.records' array codec: the bytes and values Flower's own Array gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+
+from fedmodel.records import state_dict_to_record, to_array, to_numpy
+
+VALUES = [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.arange(5, dtype=np.int64),
+    np.full((), 3.5),
+    np.zeros((0, 3), dtype=np.float32),
+    np.arange(6.0).reshape(2, 3).T,  # Fortran order: Flower's own path
+    np.array([1, 2], dtype=">i4"),
+    np.zeros(2, dtype=[("a", "f4")]),
+    np.array([True, False]),
+    np.arange(6, dtype=np.float16).reshape(2, 3),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: f"{v.dtype}-{v.shape}")
+def test_to_array_is_byte_for_byte_flowers_and_to_numpy_reads_it_back(value):
+    ours, flowers = to_array(value), Array(value)
+    assert (ours.data, ours.dtype, ours.shape, ours.stype) == (
+        flowers.data,
+        flowers.dtype,
+        flowers.shape,
+        flowers.stype,
+    )
+    read, expected = to_numpy(flowers), flowers.numpy()
+    assert read.dtype == expected.dtype and read.shape == expected.shape
+    assert np.array_equal(read, expected)
+
+
+def test_a_state_dict_becomes_the_record_flower_builds():
+    state = {"w": torch.randn(4, 3), "b": torch.randn(3), "n": torch.tensor(7)}
+    ours, flowers = state_dict_to_record(state), ArrayRecord(state)
+    assert list(ours) == list(flowers)
+    assert all(ours[k].data == flowers[k].data for k in flowers)
+
+
+def test_a_truncated_or_garbled_array_is_refused_as_np_load_refuses_it():
+    good = Array(np.zeros(3, dtype=np.float32))
+    truncated = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=good.data[:-2])
+    with pytest.raises(ValueError):
+        to_numpy(truncated)
+    garbled = Array(
+        dtype="float32",
+        shape=(3,),
+        stype="numpy.ndarray",
+        data=b"\x93NUMPY\x01\x00" + b"\x08\x00{'x': 1}",
+    )
+    with pytest.raises(ValueError):
+        to_numpy(garbled)
+
+
+def test_the_view_is_read_only():
+    view = to_numpy(Array(np.ones(4, dtype=np.float32)))
+    with pytest.raises(ValueError):
+        view[0] = 2.0
