@@ -23,10 +23,11 @@ from fedmodel.records import (
     records_to_compressed,
     serialized_size,
 )
+from server.strategies.delegating import DelegatingStrategy
 from server.strategies.update_validation import UpdateValidator, all_finite
 
 
-class ClientTracking(Strategy):
+class ClientTracking(DelegatingStrategy):
     """Wrap a strategy; record who trained, who failed, and each client's privacy ledger.
 
     Composition, like Flower's own DP wrappers: aggregation is the wrapped strategy's.
@@ -320,16 +321,8 @@ class ClientTracking(Strategy):
         self.last_round_updated, self._kept_because = False, reason
         return None, None
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         self.last_evaluate_metrics = self.strategy.aggregate_evaluate(server_round, replies)
         return self.last_evaluate_metrics
-
-    def summary(self) -> None:
-        self.strategy.summary()

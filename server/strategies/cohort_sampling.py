@@ -20,15 +20,17 @@ import random
 from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.strategies.delegating import DelegatingStrategy
+
 SAMPLINGS = ("fixed", "poisson")
 
 
-class CohortSampling(Strategy):
+class CohortSampling(DelegatingStrategy):
     """Send training to a cohort drawn here; everything else is the wrapped strategy's.
 
     Parameters
@@ -99,24 +101,6 @@ class CohortSampling(Strategy):
             len(every),
         )
         return kept
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
 
 class _Shared:

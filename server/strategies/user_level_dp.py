@@ -77,6 +77,7 @@ from fedmodel.privacy.user_level import (
 )
 from fedmodel.results.privacy_report import USER_MECHANISM, USER_NOISE_SOURCE
 from server.strategies.cohort_sampling import CohortSampling
+from server.strategies.delegating import DelegatingStrategy
 
 # The strategies whose aggregate_train is FedAvg's (weighted) mean: FedProx differs only
 # in the clients' proximal term.
@@ -115,7 +116,7 @@ def rdp_accountant(plan: UserLevelPlan) -> RdpAccountant:
     )
 
 
-class EqualWeightMean(Strategy):
+class EqualWeightMean(DelegatingStrategy):
     """Every reply weighs 1 and the clipped updates' sum is divided by ``cohort_size``.
 
     Sits inside Flower's DP wrapper, so it sees updates already clipped. With ``n``
@@ -165,19 +166,6 @@ class EqualWeightMean(Strategy):
             content[key] = record
         return Message(metadata=reply.metadata, content=content)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
 
 def scale_update(weights: np.ndarray, base: np.ndarray | None, scale: float) -> np.ndarray:
     """``base + scale * (weights - base)`` in the weights' dtype (no base: unchanged)."""
@@ -186,7 +174,7 @@ def scale_update(weights: np.ndarray, base: np.ndarray | None, scale: float) -> 
     return (base + scale * (weights - base)).astype(weights.dtype, copy=False)
 
 
-class UserLevelDP(Strategy):
+class UserLevelDP(DelegatingStrategy):
     """Compose each noised round into the user-level ε; stop before the budget is spent.
 
     Parameters
@@ -342,19 +330,6 @@ class UserLevelDP(Strategy):
         if arrays is not None:  # a noised aggregate was released: compose it
             self.record_release(server_round, updates=len(replies), clipping_norm=clipping_norm)
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
     def _compose(self) -> None:
         """Add this round's event. Every round's event is the same, so the accountant holds
