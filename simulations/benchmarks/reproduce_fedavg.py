@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings", default="iid-e5,iid-e1,shards-e5", help=f"of {', '.join(SETTINGS)}"
     )
-    parser.add_argument("--learning-rates", default="0.05,0.1,0.2", help="client lr grid")
+    parser.add_argument("--learning-rates", default="0.1,0.2,0.3", help="client lr grid")
     parser.add_argument("--rounds", type=int, default=40, help="rounds per run (at most)")
     parser.add_argument("--target", type=float, default=TARGET)
     args = parser.parse_args(argv)
