@@ -22,7 +22,7 @@ Run (needs mnist.npz in ``--data-dir``/``$FEDMODEL_DATA_DIR``, default ../shared
 the full grid is hours of CPU on a 2-core machine: ~17 s per round of E = 5 when idle)::
 
     .venv/bin/python -m simulations.benchmarks.reproduce_fedavg \\
-        [--settings iid-e5,iid-e1,shards-e5] [--learning-rates 0.05,0.1,0.2] [--rounds 40]
+        [--settings iid-e5,iid-e1,shards-e5] [--learning-rates 0.1,0.2,0.3] [--rounds 40]
     .venv/bin/python -m simulations.benchmarks.reproduce_fedavg --smoke
 
 ``--smoke``: the same code path on the digits dataset (8x8 images shipped with
