@@ -40,6 +40,8 @@ ACTIVATIONS = ("relu", "tanh")
 POOLINGS = ("max", "avg")
 NORMALIZATIONS = ("group", "none")
 AUGMENTATIONS = ("none", "crop", "crop-flip", "shift")
+# Fixed per-example feature extractors (fedmodel.data.features imports them from here).
+FEATURES = ("none", "scattering")
 # model = "package.module:factory": the user's own model (fedmodel.models.factory).
 MODEL_FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 # The strategy parameters (fedmodel.strategies.STRATEGY_KEYS, checked equal by a test).
@@ -140,6 +142,8 @@ class RunConfig:
     mixup_alpha: float = 0.0
     dataset: str = "digits"
     data_dir: str = ""
+    # A fixed transform of every example before training (README, "Features"): no privacy cost.
+    features: str = "none"
     # dataset = "custom" (README, "Use your own data"): where the data is and how to read it.
     data_path: str = ""
     test_data: str = ""
@@ -280,6 +284,19 @@ class RunConfig:
             not (self.dp and dataset.own_data and self.num_classes == 0),
         )
         _check_range("y_key", self.y_key, "different from x-key", self.y_key != self.x_key)
+        whole = [
+            n
+            for n in choices.dataset
+            if choices.dataset.get(n).partitioned and not choices.dataset.get(n).own_data
+        ]
+        _check_range(
+            "features",
+            self.features,
+            "'none' unless the dataset is loaded whole and partitioned ("
+            + ", ".join(repr(n) for n in whole)
+            + "): other datasets' examples are not featurized",
+            self.features == "none" or (dataset.partitioned and not dataset.own_data),
+        )
         _check_choice("image_mode", self.image_mode, IMAGE_MODES)
         _check_range(
             "image_size",
@@ -498,6 +515,14 @@ class RunConfig:
             not (self.dp and self.augmentation_multiplicity > 1 and self.grad_sample_mode == "ew"),
         )
         _check_range("mixup_alpha", self.mixup_alpha, ">= 0 (0: off)", self.mixup_alpha >= 0)
+        _check_choice("features", self.features, FEATURES)
+        _check_range(
+            "augmentation",
+            self.augmentation,
+            "'none' with features other than 'none' (it transforms images, and the model "
+            "sees the features of the unaugmented images)",
+            self.features == "none" or self.augmentation == "none",
+        )
         _check_range(
             "mixup_alpha",
             self.mixup_alpha,

@@ -2,6 +2,8 @@
 
 What a dataset is and how its clients get their share is its registered
 :class:`~fedmodel.data.datasets.DatasetSpec` (:data:`~fedmodel.data.datasets.DATASETS`).
+Run-config ``features`` (:mod:`fedmodel.data.features`) transforms every example of a dataset
+loaded whole, the server's test split included, before anyone trains on it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from fedmodel.config import RunConfig
 from fedmodel.data.datasets import DATASETS, DatasetSpec, load_dataset
+from fedmodel.data.features import extract_features, feature_shape
 from fedmodel.data.mnist import DownloadError
 from fedmodel.data.partitioning import PARTITIONERS, partition
 from fedmodel.data.splits import DatasetSplits, tensor_dataset
@@ -26,11 +29,9 @@ def load_splits(config: RunConfig, *, num_clients: int | None = None) -> Dataset
     clients = DATASETS.get(config.dataset).clients
     if clients is not None:
         if num_clients is None:
-            raise ValueError(
-                f"the {config.dataset} dataset's test set needs the number of clients"
-            )
+            raise ValueError(f"the {config.dataset} dataset's test set needs the number of clients")
         return clients.held_out(config, num_clients)
-    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    return _whole_dataset(config)
 
 
 def data_shape(config: RunConfig) -> tuple[tuple[int, ...], int]:
@@ -39,7 +40,7 @@ def data_shape(config: RunConfig) -> tuple[tuple[int, ...], int]:
     if clients is not None:
         return clients.input_shape, clients.num_classes
     splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    return splits.input_shape, splits.num_classes
+    return feature_shape(config.features, splits.input_shape), splits.num_classes
 
 
 def partition_sizes(config: RunConfig, *, num_partitions: int) -> list[int]:
@@ -59,8 +60,32 @@ def load_partition(config: RunConfig, *, partition_id: int, num_partitions: int)
     clients = DATASETS.get(config.dataset).clients
     if clients is not None:
         return clients.data(config, partition_id)
-    splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    splits = _whole_dataset(config)
     return splits.train_subset(_partitions(config, num_partitions)[partition_id])
+
+
+def _whole_dataset(config: RunConfig) -> DatasetSplits:
+    return _featurized(config.dataset, config.data_dir, config.seed, config.features)
+
+
+@functools.lru_cache(maxsize=2)
+def _featurized(name: str, data_dir: str, seed: int, features: str) -> DatasetSplits:
+    """A dataset loaded whole, every example through ``features`` once per process (the
+    transform is per example: each client's share is what it would compute itself)."""
+    splits = load_dataset(name, data_dir=data_dir, seed=seed)
+    if features == "none":
+        return splits
+    return DatasetSplits(
+        train=_featurized_split(features, splits.train),
+        test=None if splits.test is None else _featurized_split(features, splits.test),
+        num_classes=splits.num_classes,
+        input_shape=feature_shape(features, splits.input_shape),
+    )
+
+
+def _featurized_split(features: str, split: TensorDataset) -> TensorDataset:
+    x, y = split.tensors
+    return TensorDataset(extract_features(features, x), y)
 
 
 @functools.lru_cache(maxsize=8)

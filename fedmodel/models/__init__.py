@@ -18,7 +18,7 @@ from torch import nn
 from fedmodel.models.cnn import CNN, build_cnn, build_cnn_fedavg
 from fedmodel.models.dp_check import prepare_for_dp
 from fedmodel.models.factory import build_from_factory, is_factory_path
-from fedmodel.models.mlp import MLP, build_mlp
+from fedmodel.models.mlp import MLP, build_linear, build_mlp
 from fedmodel.models.settings import ModelSettings
 from fedmodel.registry import Registry
 
@@ -38,6 +38,7 @@ MODELS: Registry[ModelBuilder] = Registry("model")
 MODELS.register("mlp", build_mlp)
 MODELS.register("cnn", build_cnn)
 MODELS.register("cnn-fedavg", build_cnn_fedavg)
+MODELS.register("linear", build_linear)
 
 
 def build_model(

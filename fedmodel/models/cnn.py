@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fedmodel.config import ConfigError
-from fedmodel.models.settings import ModelSettings, activation_layer
+from fedmodel.models.settings import ModelSettings, activation_layer, refuse_set
 
 # McMahan et al. 2017's MNIST CNN ("Communication-Efficient Learning of Deep Networks
 # from Decentralized Data", AISTATS, https://arxiv.org/abs/1602.05629, Sec. 3).
@@ -125,14 +124,12 @@ def build_cnn_fedavg(
     normalization (1,663,370 parameters on 28x28x1 with 10 classes). Only ``activation``
     is read (ReLU in the paper; tanh for DP-SGD); ``hidden_sizes`` and the other
     architecture keys are fixed by the preset, and setting them is an error."""
-    defaults = ModelSettings()
-    for name in ("hidden_sizes", "conv_channels", "kernel_size", "pooling", "normalization"):
-        if getattr(settings, name) != getattr(defaults, name):
-            key = name.replace("_", "-")
-            raise ConfigError(
-                f"run-config key '{key}' = {getattr(settings, name)!r} cannot be set with "
-                "model = 'cnn-fedavg' (the preset fixes it); use model = 'cnn' to choose it"
-            )
+    refuse_set(
+        settings,
+        ("hidden_sizes", "conv_channels", "kernel_size", "pooling", "normalization"),
+        model="cnn-fedavg",
+        instead="use model = 'cnn' to choose it",
+    )
     return CNN(
         input_shape=input_shape,
         num_classes=num_classes,

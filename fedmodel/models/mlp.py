@@ -1,4 +1,4 @@
-"""Feedforward classifier."""
+"""Feedforward classifiers: the MLP, and the linear model (no hidden layer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from fedmodel.models.settings import ModelSettings, activation_layer
+from fedmodel.models.settings import ModelSettings, activation_layer, refuse_set
 
 
 class MLP(nn.Module):
@@ -56,3 +56,17 @@ def build_mlp(*, input_shape: Sequence[int], num_classes: int, settings: ModelSe
         hidden_sizes=settings.hidden_sizes,
         activation=settings.activation,
     )
+
+
+def build_linear(*, input_shape: Sequence[int], num_classes: int, settings: ModelSettings) -> MLP:
+    """The ``linear`` model: multinomial logistic regression on the flattened input (one
+    ``Linear`` layer), e.g. on ``features = "scattering"`` (Tramèr & Boneh 2021's
+    ScatterNet + linear). It reads no architecture keys; setting ``hidden_sizes``
+    (``hidden-sizes``) or ``activation`` is an error."""
+    refuse_set(
+        settings,
+        ("hidden_sizes", "activation"),
+        model="linear",
+        instead="use model = 'mlp' for hidden layers",
+    )
+    return MLP(input_shape=input_shape, num_classes=num_classes, hidden_sizes=())

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedmodel.config import ACTIVATIONS, NORMALIZATIONS, POOLINGS
+from fedmodel.config import ACTIVATIONS, NORMALIZATIONS, POOLINGS, ConfigError
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,17 @@ class ModelSettings:
 def activation_layer(name: str) -> nn.Module:
     """The activation module called ``name`` (one of :data:`ACTIVATIONS`)."""
     return {"relu": nn.ReLU, "tanh": nn.Tanh}[name]()
+
+
+def refuse_set(
+    settings: ModelSettings, names: tuple[str, ...], *, model: str, instead: str
+) -> None:
+    """A preset fixes the architecture fields ``names``: setting any of them is a ConfigError."""
+    defaults = ModelSettings()
+    for name in names:
+        if getattr(settings, name) != getattr(defaults, name):
+            key = name.replace("_", "-")
+            raise ConfigError(
+                f"run-config key '{key}' = {getattr(settings, name)!r} cannot be set with "
+                f"model = {model!r} (it fixes it); {instead}"
+            )

@@ -1,5 +1,7 @@
+import pytest
 from torch import nn
 
+from fedmodel.config import ConfigError
 from fedmodel.models import ModelSettings, build_model
 
 
@@ -24,3 +26,19 @@ def test_mlp_activation_follows_every_hidden_layer():
         "Tanh",
         "Linear",
     ]
+
+
+def test_linear_is_one_layer_on_the_flattened_input():
+    model = build_model("linear", input_shape=(81, 7, 7), num_classes=10, settings=ModelSettings())
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(81 * 49, 10)]
+    assert sum(p.numel() for p in model.parameters()) == 81 * 49 * 10 + 10
+
+
+def test_linear_refuses_hidden_sizes_naming_the_key():
+    with pytest.raises(
+        ConfigError, match=r"'hidden-sizes' = \(32,\) cannot be set with model = 'linear'"
+    ):
+        build_model(
+            "linear", input_shape=(64,), num_classes=10, settings=ModelSettings(hidden_sizes=(32,))
+        )

@@ -41,7 +41,7 @@ def test_every_builder_says_which_settings_it_reads(name):
 
 
 def test_the_registered_models():
-    assert MODELS.names() == ("mlp", "cnn", "cnn-fedavg")
+    assert MODELS.names() == ("mlp", "cnn", "cnn-fedavg", "linear")
 
 
 def test_unknown_model_name_is_a_clear_error():
