@@ -49,7 +49,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     if not rounds:
         raise ValueError(f"{folder}: metrics.json holds no rounds to plot")
     config = _run_config(folder)
-    figure = _figure(width=15, height=4.2)
+    figure = new_figure(width=15, height=4.2)
     accuracy_axes, loss_axes, epsilon_axes = figure.subplots(1, 3)
     x = [r.round for r in rounds]
 
@@ -77,7 +77,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
         axes.grid(alpha=0.3)
         _integer_rounds(axes)
     figure.suptitle(_run_title(folder, config))
-    return _save(figure, folder / "rounds.png")
+    return save_figure(figure, folder / "rounds.png")
 
 
 def plot_experiment(directory: str | os.PathLike[str], settings: Settings) -> list[Path]:
@@ -93,7 +93,7 @@ def plot_experiment(directory: str | os.PathLike[str], settings: Settings) -> li
 
 
 def _frontier(path: Path, settings: Settings) -> Path:
-    figure = _figure(width=8, height=5.5)
+    figure = new_figure(width=8, height=5.5)
     axes = figure.subplots()
     points: list[tuple[float, float]] = []
     notes: set[str] = set()
@@ -126,11 +126,11 @@ def _frontier(path: Path, settings: Settings) -> Path:
     )
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _curves(path: Path, settings: Settings) -> Path:
-    figure = _figure(width=9 if len(settings) <= 8 else 12, height=5.5)
+    figure = new_figure(width=9 if len(settings) <= 8 else 12, height=5.5)
     axes = figure.subplots()
     for color, (label, runs) in zip(_colors(len(settings)), settings.items(), strict=True):
         length = min(len(rounds) for _, rounds in runs)
@@ -152,7 +152,7 @@ def _curves(path: Path, settings: Settings) -> Path:
         axes.legend(fontsize="small", loc="lower right")
     else:
         axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -176,13 +176,13 @@ def _run_title(folder: Path, config: RunConfig) -> str:
     return f"{folder.name}: {config.dataset}, {config.model}, {config.partitioner}, {privacy}"
 
 
-def _figure(*, width: float, height: float) -> Figure:
+def new_figure(*, width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -208,7 +208,7 @@ def _integer_rounds(axes) -> None:
 def plot_compression(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
     """Write ``path``: test accuracy against weight sparsity, one line per kind of model
     (``rows`` as ``fedmodel compress`` tabulates them: ``kind``, ``sparsity``, ``accuracy``)."""
-    figure = _figure(width=7, height=4.5)
+    figure = new_figure(width=7, height=4.5)
     axes = figure.subplots()
     kinds = list(dict.fromkeys(row["kind"] for row in rows))
     for color, kind in zip(_colors(len(kinds)), kinds, strict=True):
@@ -221,4 +221,4 @@ def plot_compression(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -
     )
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="lower left")
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))

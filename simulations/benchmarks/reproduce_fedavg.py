@@ -69,6 +69,7 @@ class Outcome:
     rounds_run: int
     rounds_to_target: int | None
     best_accuracy: float
+    final_accuracy: float
     seconds: float
     epsilon_max: float  # the largest client ε at the end (inf without DP)
 
@@ -89,6 +90,7 @@ def run_once(config: dict[str, Any], *, num_clients: int, target: float, setting
         rounds_run=len(accuracies),
         rounds_to_target=reached,
         best_accuracy=max(accuracies),
+        final_accuracy=accuracies[-1],
         seconds=seconds,
         epsilon_max=result.rounds[-1].epsilon_max,
     )
