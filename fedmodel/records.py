@@ -256,7 +256,10 @@ def _records_to_compressed(content: RecordDict) -> CompressedUpdate:
 
 def state_dict_to_record(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
     """``ArrayRecord(state)``, byte for byte, at a fraction of the cost (see :func:`to_array`)."""
-    return ArrayRecord({name: to_array(value) for name, value in state.items()})
+    record = ArrayRecord()  # not ArrayRecord(dict): it would copy every Array once more
+    for name, value in state.items():
+        record[name] = to_array(value)
+    return record
 
 
 def record_to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
@@ -296,22 +299,59 @@ def to_numpy(array: Array) -> np.ndarray:
     header describes; every other case (other versions, Fortran order, a size mismatch,
     a malformed header) is left to ``array.numpy()``, which reads or rejects it.
     """
+    view = _view(array)
+    return Array.numpy(array) if view is None else view
+
+
+def _view(array: Array) -> np.ndarray | None:
+    """:func:`to_numpy`'s read-only view, or None where ``Array.numpy`` must read it."""
     data = array.data
     if array.stype != "numpy.ndarray" or data[:6] != b"\x93NUMPY" or len(data) < 10:
-        return array.numpy()
+        return None
     if data[6] == 1:
         offset = 10 + int.from_bytes(data[8:10], "little")
     elif data[6] == 2:
         offset = 12 + int.from_bytes(data[8:12], "little")
     else:
-        return array.numpy()
+        return None
     parsed = _parsed_header(bytes(data[:offset]))
     if parsed is None:
-        return array.numpy()
+        return None
     dtype, shape = parsed
     if len(data) - offset != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-        return array.numpy()  # truncated or padded: np.load says what is wrong
+        return None  # truncated or padded: np.load says what is wrong
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+class DecodedArray(Array):
+    """Flower's :class:`~flwr.app.Array`, same fields and bytes, whose ``numpy()`` is fast.
+
+    ``numpy()`` returns what ``Array.numpy()`` (``np.load``) returns - a new, writable
+    array of the same dtype, shape and values - decoded by :func:`to_numpy` (header
+    parse cached) and copied: ~5 us instead of ~50 for a small array. Flower's FedAvg
+    (``aggregate_arrayrecords``) calls it for every array of every reply: 600 calls a
+    round of 100 clients.
+
+    Only for replies that stay in this process (:func:`decode_fast`): Flower's object
+    deflation names an object's class, so such an array must not be sent anywhere.
+    """
+
+    def numpy(self) -> np.ndarray:  # type: ignore[override]
+        view = _view(self)
+        return Array.numpy(self) if view is None else view.copy()
+
+
+def decode_fast(content: RecordDict) -> RecordDict:
+    """Make every array of ``content``'s ArrayRecords a :class:`DecodedArray`, in place.
+
+    Nothing else changes (same objects, fields, bytes); for the in-process engines'
+    replies, which never leave the process.
+    """
+    for record in content.array_records.values():
+        for array in record.values():
+            if type(array) is Array:
+                array.__class__ = DecodedArray
+    return content
 
 
 @functools.lru_cache(maxsize=1024)

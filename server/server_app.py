@@ -16,6 +16,7 @@ from fedmodel.data import DATASETS, load_splits
 from fedmodel.models import build_model, model_settings
 from fedmodel.records import federation_to_record
 from fedmodel.results import RunFolder, default_run_dir, privacy_header
+from fedmodel.results.write_behind import write_behind
 from fedmodel.training.augmentation import check_input_shape
 from server.checkpointing import RunCheckpoints
 from server.data_check import ExcludingGrid, check_client_data
@@ -36,7 +37,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run ``num-server-rounds`` rounds of the run config's ``strategy``; write the run folder."""
+    """Run ``num-server-rounds`` rounds of the run config's ``strategy``; write the run folder.
+
+    The run folder's and checkpoints' files are written by a write-behind thread, in
+    order, each atomic and durable (:mod:`fedmodel.results.write_behind`); all are on
+    disk before this returns or raises.
+    """
+    with write_behind():
+        _main(grid, context)
+
+
+def _main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)  # validated before anything else
     random.seed(config.seed)  # Flower samples clients with the global `random`
     torch.manual_seed(config.seed)

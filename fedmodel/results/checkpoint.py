@@ -49,6 +49,7 @@ from torch import nn
 
 from fedmodel.atomic_files import write_atomically
 from fedmodel.config import ConfigError, RunConfig
+from fedmodel.results.write_behind import write_later
 
 CHECKPOINT_DIR = "checkpoint"
 SERVER_FILE = "server.pt"
@@ -89,13 +90,28 @@ def write_state_file(path: str | os.PathLike[str], kind: str, state: Mapping[str
     state : mapping
         Plain Python values, numpy arrays and tensors.
     """
+    snapshot = _snapshot(state)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # Pickled and written now, or by the run's write-behind thread, in order.
+    write_later(lambda: write_atomically(path, _state_file_bytes(kind, snapshot)))
+
+
+def _snapshot(state: Mapping[str, Any]) -> Any:
+    """:func:`encode_state` of ``state``, owning everything: the run may go on changing it.
+
+    New containers, numpy arrays as bytes, tensors cloned: it can be pickled later
+    (write-behind) and still hold the state as it was now.
+    """
+    return encode_state(dict(state), clone_tensors=True)
+
+
+def _state_file_bytes(kind: str, snapshot: Any) -> bytes:
+    """The bytes of a :func:`write_state_file` container of an encoded state: header, payload."""
     buffer = io.BytesIO()
-    torch.save(encode_state(dict(state)), buffer)
+    torch.save(snapshot, buffer)
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest()
-    header = f"{_MAGIC} v{FORMAT_VERSION} {kind} sha256={digest}\n".encode()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, header + payload)
+    return f"{_MAGIC} v{FORMAT_VERSION} {kind} sha256={digest}\n".encode() + payload
 
 
 def read_state_file(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
@@ -137,16 +153,20 @@ def read_state_file(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     return decode_state(state)
 
 
-def encode_state(value: Any) -> Any:
+def encode_state(value: Any, *, clone_tensors: bool = False) -> Any:
     """``value`` with numpy arrays and scalars replaced by exact, loadable stand-ins.
 
     Plain values (None, bool, int, float, str, bytes), tensors, lists, tuples and dicts
     pass through; a numpy array becomes ``{"__ndarray__": (dtype, shape, raw bytes)}``
-    (every dtype but ``object``, bit for bit), a numpy scalar a 0-d array.
+    (every dtype but ``object``, bit for bit), a numpy scalar a 0-d array. Containers
+    are always new; with ``clone_tensors`` tensors are copies too, so that the result
+    shares nothing mutable with ``value``.
     """
     if isinstance(value, np.generic):  # before float: np.float64 is a float
         value = np.asarray(value)
-    if value is None or isinstance(value, bool | int | float | str | bytes | torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone() if clone_tensors else value
+    if value is None or isinstance(value, bool | int | float | str | bytes):
         return value
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
@@ -154,12 +174,12 @@ def encode_state(value: Any) -> Any:
         array = np.ascontiguousarray(value)
         return {_NDARRAY: (array.dtype.str, tuple(array.shape), array.tobytes())}
     if isinstance(value, list | tuple):
-        encoded = [encode_state(item) for item in value]
+        encoded = [encode_state(item, clone_tensors=clone_tensors) for item in value]
         return encoded if isinstance(value, list) else tuple(encoded)
     if isinstance(value, Mapping):
         if _NDARRAY in value:
             raise TypeError(f"a checkpointed mapping may not use the key {_NDARRAY!r}")
-        return {key: encode_state(item) for key, item in value.items()}
+        return {key: encode_state(item, clone_tensors=clone_tensors) for key, item in value.items()}
     raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
 
 
@@ -371,10 +391,16 @@ def save_client_states(
     """
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / CLIENTS_FILE).exists():
-        os.replace(folder / CLIENTS_FILE, folder / PREVIOUS_CLIENTS_FILE)
     state = {"round": server_round, "nodes": {int(k): dict(v) for k, v in nodes.items()}}
-    write_state_file(folder / CLIENTS_FILE, "clients", state)
+    snapshot = _snapshot(state)  # now: the nodes go on changing
+
+    def write() -> None:  # in order with the other writes (fedmodel.results.write_behind)
+        data = _state_file_bytes("clients", snapshot)
+        if (folder / CLIENTS_FILE).exists():
+            os.replace(folder / CLIENTS_FILE, folder / PREVIOUS_CLIENTS_FILE)
+        write_atomically(folder / CLIENTS_FILE, data)
+
+    write_later(write)
 
 
 def load_client_states(

@@ -1,7 +1,8 @@
 """The run folder: resolved config, per-round metrics, final model, each client's ledger.
 
 Files are rewritten atomically after every round, so a run that dies keeps everything
-up to its last finished round.
+up to its last finished round. During a run the writes go to a write-behind thread
+(:mod:`fedmodel.results.write_behind`), in order, finished before the run returns.
 
 Layout::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -37,6 +39,7 @@ from fedmodel.atomic_files import write_atomically
 from fedmodel.config import ConfigError, RunConfig
 from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
 from fedmodel.results.privacy_report import privacy_markdown
+from fedmodel.results.write_behind import write_later
 
 
 @dataclass(frozen=True)
@@ -166,11 +169,18 @@ class RunFolder:
             yield
         finally:
             pending, self._pending = self._pending, None
-            _write_all_atomically(pending)
+            if pending:
+                write_later(functools.partial(_write_all_atomically, pending))
 
     def _write(self, path: Path, data: str | bytes) -> None:
+        """Write ``path`` atomically: now, or in the run's write-behind thread, in order.
+
+        Inside :func:`~fedmodel.results.write_behind.write_behind` (the ServerApp's run)
+        every write of the folder goes to the one background thread, so a later write of
+        a file always lands after an earlier one.
+        """
         if self._pending is None:
-            write_atomically(path, data)
+            write_later(functools.partial(write_atomically, path, data))
         else:
             self._pending[path] = data
 
@@ -179,7 +189,7 @@ class RunFolder:
         check_new_run_dir(self.path)
         (self.path / "privacy").mkdir(parents=True, exist_ok=True)
         document = {"run_config": config.to_mapping(), **(extra or {})}
-        write_atomically(self.path / "config.json", json.dumps(document, indent=2) + "\n")
+        self._write(self.path / "config.json", json.dumps(document, indent=2) + "\n")
         self._write_metrics()  # a run that ends before round 1 still has (empty) metrics
 
     def add_round(self, metrics: RoundMetrics) -> None:
