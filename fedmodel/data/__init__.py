@@ -65,6 +65,8 @@ def load_partition(config: RunConfig, *, partition_id: int, num_partitions: int)
 
 
 def _whole_dataset(config: RunConfig) -> DatasetSplits:
+    if config.features == "none":
+        return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     return _featurized(config.dataset, config.data_dir, config.seed, config.features)
 
 
@@ -73,8 +75,6 @@ def _featurized(name: str, data_dir: str, seed: int, features: str) -> DatasetSp
     """A dataset loaded whole, every example through ``features`` once per process (the
     transform is per example: each client's share is what it would compute itself)."""
     splits = load_dataset(name, data_dir=data_dir, seed=seed)
-    if features == "none":
-        return splits
     return DatasetSplits(
         train=_featurized_split(features, splits.train),
         test=None if splits.test is None else _featurized_split(features, splits.test),
