@@ -187,7 +187,7 @@ def _plot_frontier(
 ) -> Path:
     from simulations.plots import new_figure, save_figure
 
-    figure = new_figure(width=7, height=4.5)
+    figure = new_figure(width=7.5, height=5.5)
     axes = figure.subplots()
     for (name, values), color in zip(points.items(), ("C0", "C1", "C2"), strict=False):
         dp = sorted((e, a) for e, a in values if e is not None)
@@ -210,7 +210,7 @@ def _plot_frontier(
         ylabel="final test accuracy",
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small", loc="lower right")
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2)
     return save_figure(figure, path)
 
 
