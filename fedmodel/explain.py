@@ -1,7 +1,7 @@
 """Attributions of a run's global model on the server's test set (Captum).
 
 Explanations are computed on the **server's test set only, never on client data**: for a
-built-in dataset its test split (:func:`fedmodel.data.load_splits`), for custom data the
+built-in dataset its test split (:func:`fedmodel.data.load_test_split`), for custom data the
 run config's ``test-data``. A run without a test set is refused (``ValueError``). Client
 records stay on the clients; attributions of them would be a noise-free statistic of the
 records DP-SGD protects.
@@ -129,7 +129,7 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> RunModel:
 
 def _server_test_set(config: RunConfig, *, num_nodes: int | None) -> Dataset:
     """The server's central test set of ``config``'s run; never a client's data."""
-    from fedmodel.data import DATASETS, load_splits
+    from fedmodel.data import DATASETS, load_test_split
 
     if DATASETS.get(config.dataset).own_data:
         from fedmodel.data.sources.loading import load_test_set
@@ -137,7 +137,7 @@ def _server_test_set(config: RunConfig, *, num_nodes: int | None) -> Dataset:
         source = load_test_set(config)
         test = source.train.dataset if source is not None else None
     else:
-        test = load_splits(config, num_clients=num_nodes).test
+        test = load_test_split(config, num_clients=num_nodes)
     if test is None or len(test) == 0:  # type: ignore[arg-type]
         raise ValueError(
             "the run has no server test set to explain on (custom data: run-config "

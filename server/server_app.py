@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmodel.config import RunConfig
-from fedmodel.data import DATASETS, load_splits
+from fedmodel.data import DATASETS, data_shape, load_test_split
 from fedmodel.models import build_model, model_settings
 from fedmodel.records import federation_to_record
 from fedmodel.results import RunFolder, default_run_dir, privacy_header
@@ -70,8 +70,9 @@ def _main(grid: Grid, context: Context) -> None:
         every_node_holds_out = all(checked.held_out.get(n, False) for n in checked.ready)
         client_sizes = [checked.num_examples[n] for n in checked.ready if n in checked.num_examples]
     else:
-        splits = load_splits(config, num_clients=len(list(grid.get_node_ids())))
-        input_shape, num_classes, test = splits.input_shape, splits.num_classes, splits.test
+        # The test split only: the server never featurizes (or reads) a training example.
+        test = load_test_split(config, num_clients=len(list(grid.get_node_ids())))
+        input_shape, num_classes = data_shape(config)
     model = build_model(
         config.model,
         input_shape=input_shape,

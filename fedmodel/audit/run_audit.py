@@ -316,7 +316,7 @@ def _non_members(
     config: RunConfig, *, num_nodes: int, folder: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The server's held-out test split."""
-    from fedmodel.data import DATASETS, load_splits
+    from fedmodel.data import DATASETS, load_test_split
 
     if DATASETS.get(config.dataset).own_data:
         from fedmodel.data.sources.loading import load_test_set
@@ -324,7 +324,7 @@ def _non_members(
         source = load_test_set(config)
         test = source.train.dataset if source is not None else None
     else:
-        test = load_splits(config, num_clients=num_nodes).test
+        test = load_test_split(config, num_clients=num_nodes)
     if test is None or len(test) < 2:  # type: ignore[arg-type]
         raise AuditError(
             f"{folder}: the run has no held-out test split (custom data: run-config "

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from torch.utils.data import TensorDataset
 
 from fedmodel.config import RunConfig
 from fedmodel.data.datasets import DATASETS, DatasetSpec, load_dataset
-from fedmodel.data.features import extract_features, feature_shape
+from fedmodel.data.features import FeatureStore, feature_shape
 from fedmodel.data.mnist import DownloadError
 from fedmodel.data.partitioning import PARTITIONERS, partition
 from fedmodel.data.splits import DatasetSplits, tensor_dataset
@@ -24,14 +25,40 @@ def load_splits(config: RunConfig, *, num_clients: int | None = None) -> Dataset
     """The dataset ``config`` names, with its options; its test split is the server's.
 
     ``num_clients`` (the federation's size) is needed by a dataset generated per client
-    only: its test set is held-out data of the federation's own clients.
+    only: its test set is held-out data of the federation's own clients. With
+    ``features`` every training example is featurized: use :func:`load_test_split` where
+    only the test split is read.
     """
     clients = DATASETS.get(config.dataset).clients
     if clients is not None:
-        if num_clients is None:
-            raise ValueError(f"the {config.dataset} dataset's test set needs the number of clients")
-        return clients.held_out(config, num_clients)
-    return _whole_dataset(config)
+        return clients.held_out(config, _federation_size(config, num_clients))
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    if config.features == "none":
+        return splits
+    store = _feature_store(config)
+    return DatasetSplits(
+        train=store.train_subset(np.arange(len(splits.train))),
+        test=store.test(),
+        num_classes=splits.num_classes,
+        input_shape=store.input_shape,
+    )
+
+
+def load_test_split(config: RunConfig, *, num_clients: int | None = None) -> TensorDataset | None:
+    """The server's test split of :func:`load_splits` (None where the dataset has none),
+    without featurizing any training example."""
+    clients = DATASETS.get(config.dataset).clients
+    if clients is not None:
+        return clients.held_out(config, _federation_size(config, num_clients)).test
+    if config.features == "none":
+        return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed).test
+    return _feature_store(config).test()
+
+
+def _federation_size(config: RunConfig, num_clients: int | None) -> int:
+    if num_clients is None:
+        raise ValueError(f"the {config.dataset} dataset's test set needs the number of clients")
+    return num_clients
 
 
 def data_shape(config: RunConfig) -> tuple[tuple[int, ...], int]:
@@ -60,32 +87,24 @@ def load_partition(config: RunConfig, *, partition_id: int, num_partitions: int)
     clients = DATASETS.get(config.dataset).clients
     if clients is not None:
         return clients.data(config, partition_id)
-    splits = _whole_dataset(config)
-    return splits.train_subset(_partitions(config, num_partitions)[partition_id])
+    indices = _partitions(config, num_partitions)[partition_id]
+    if config.features != "none":
+        return _feature_store(config).train_subset(indices)
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    return splits.train_subset(indices)
 
 
-def _whole_dataset(config: RunConfig) -> DatasetSplits:
-    if config.features == "none":
-        return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    return _featurized(config.dataset, config.data_dir, config.seed, config.features)
+def _feature_store(config: RunConfig) -> FeatureStore:
+    return _feature_store_of(config.dataset, config.data_dir, config.seed, config.features)
 
 
 @functools.lru_cache(maxsize=2)
-def _featurized(name: str, data_dir: str, seed: int, features: str) -> DatasetSplits:
-    """A dataset loaded whole, every example through ``features`` once per process (the
-    transform is per example: each client's share is what it would compute itself)."""
+def _feature_store_of(name: str, data_dir: str, seed: int, features: str) -> FeatureStore:
+    """One store per dataset and features in a process: the runs of a grid share it (the
+    transform is a fixed function of one example, so a client's share is what it would
+    compute itself)."""
     splits = load_dataset(name, data_dir=data_dir, seed=seed)
-    return DatasetSplits(
-        train=_featurized_split(features, splits.train),
-        test=None if splits.test is None else _featurized_split(features, splits.test),
-        num_classes=splits.num_classes,
-        input_shape=feature_shape(features, splits.input_shape),
-    )
-
-
-def _featurized_split(features: str, split: TensorDataset) -> TensorDataset:
-    x, y = split.tensors
-    return TensorDataset(extract_features(features, x), y)
+    return FeatureStore(features, train=splits.train, test=splits.test)
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,6 +130,7 @@ __all__ = [
     "load_dataset",
     "load_partition",
     "load_splits",
+    "load_test_split",
     "partition",
     "partition_sizes",
     "tensor_dataset",

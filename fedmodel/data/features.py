@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional
+from torch.utils.data import TensorDataset
 
 from fedmodel.config import FEATURES, ConfigError
 
@@ -68,6 +70,55 @@ def extract_features(features: str, x: torch.Tensor) -> torch.Tensor:
     if not parts:
         return torch.empty((0, *out_shape), dtype=torch.float32)
     return torch.cat(parts)
+
+
+class FeatureStore:
+    """The features of one dataset's examples, each computed the first time it is asked for.
+
+    A client asks for its share only, the server for the test split only: a deployment
+    node computes the features of its own examples and no others, and in a simulation every
+    example is computed once, however many runs (an experiment grid) or clients ask.
+    Memory for the training split's features is reserved up front but only touched, row
+    by row, as examples are computed (the OS commits pages on first write).
+
+    Parameters
+    ----------
+    features : str
+        One of :data:`~fedmodel.config.FEATURES` other than ``"none"``.
+    train, test : TensorDataset
+        The raw ``(x, y)`` examples (``test`` may be None).
+    """
+
+    def __init__(self, features: str, *, train: TensorDataset, test: TensorDataset | None) -> None:
+        x, self._train_labels = train.tensors
+        self.features = features
+        self.input_shape = feature_shape(features, tuple(x.shape[1:]))
+        self._train_inputs = x
+        self._train = torch.empty((len(x), *self.input_shape), dtype=torch.float32)
+        self._computed = torch.zeros(len(x), dtype=torch.bool)
+        self._raw_test = test
+        self._test: TensorDataset | None = None
+
+    @property
+    def num_computed(self) -> int:
+        """How many training examples have been featurized so far."""
+        return int(self._computed.sum())
+
+    def train_subset(self, indices: np.ndarray | Sequence[int]) -> TensorDataset:
+        """The featurized training examples at ``indices`` (copied: the caller owns them)."""
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        missing = index[~self._computed[index]].unique()
+        if len(missing):
+            self._train[missing] = extract_features(self.features, self._train_inputs[missing])
+            self._computed[missing] = True
+        return TensorDataset(self._train[index].clone(), self._train_labels[index].clone())
+
+    def test(self) -> TensorDataset | None:
+        """The featurized test split (computed once), or None without one."""
+        if self._test is None and self._raw_test is not None:
+            x, y = self._raw_test.tensors
+            self._test = TensorDataset(extract_features(self.features, x), y)
+        return self._test
 
 
 def _check_image(shape: tuple[int, ...]) -> None:

@@ -71,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     document = _run_document(folder)
 
     from fedmodel.config import RunConfig
-    from fedmodel.data import load_splits
+    from fedmodel.data import load_test_split
     from fedmodel.data.datasets import DATASETS
 
     config = RunConfig.from_mapping(document["run_config"])
     if DATASETS.get(config.dataset).own_data:
         raise ValueError(f"{folder}: custom-data runs are not supported (dataset = 'custom')")
-    test = load_splits(config, num_clients=document.get("num_nodes")).test
+    test = load_test_split(config, num_clients=document.get("num_nodes"))
     if test is None:
         raise ValueError(f"{folder}: the run's dataset has no test split to measure accuracy on")
     out = folder / "compressed"

@@ -2,10 +2,16 @@
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from fedmodel.config import ConfigError, RunConfig
-from fedmodel.data import data_shape, load_partition, load_splits
-from fedmodel.data.features import SCATTERING_GROUPS, extract_features, feature_shape
+from fedmodel.data import data_shape, load_partition, load_splits, load_test_split
+from fedmodel.data.features import (
+    SCATTERING_GROUPS,
+    FeatureStore,
+    extract_features,
+    feature_shape,
+)
 from simulations import simulate
 
 pytest.importorskip("kymatio", reason="features = 'scattering' needs kymatio")
@@ -68,6 +74,27 @@ def test_a_clients_share_holds_the_features_of_its_own_examples():
     splits = load_splits(featurized)
     assert splits.input_shape == (81, 2, 2) == data_shape(featurized)[0]
     assert tuple(splits.test.tensors[0].shape[1:]) == (81, 2, 2)  # the server's split too
+
+
+def test_a_store_featurizes_only_the_examples_asked_for_each_once():
+    x, y = torch.rand(10, 1, 8, 8), torch.arange(10)
+    test = TensorDataset(torch.rand(3, 1, 8, 8), torch.arange(3))
+    store = FeatureStore("scattering", train=TensorDataset(x, y), test=test)
+    share = store.train_subset([7, 2, 2])
+    assert store.num_computed == 2  # a node computes its own examples, no others
+    torch.testing.assert_close(share.tensors[0], extract_features("scattering", x[[7, 2, 2]]))
+    assert share.tensors[1].tolist() == [7, 2, 2]
+    store.train_subset([2, 5])
+    assert store.num_computed == 3
+    assert store.test() is store.test()  # computed once
+    assert store.num_computed == 3  # the test split featurizes no training example
+
+
+def test_the_servers_test_split_is_featurized_like_the_clients_shares():
+    config = RunConfig.from_mapping({"dataset": "digits", "features": "scattering", "seed": 7})
+    test = load_test_split(config)
+    assert torch.equal(test.tensors[0], load_splits(config).test.tensors[0])
+    assert tuple(test.tensors[0].shape[1:]) == data_shape(config)[0]
 
 
 @pytest.mark.parametrize(
