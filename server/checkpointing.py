@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedmodel.config import RunConfig
+from fedmodel.records import record_to_state_dict
 from fedmodel.results.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -268,7 +269,7 @@ class RunCheckpoints:
         Checkpoint(
             round=server_round,
             run_config=self.config.to_mapping(),
-            model=dict(arrays.to_torch_state_dict()),
+            model=dict(record_to_state_dict(arrays)),  # to_torch_state_dict's tensors, faster
             strategy=strategy_state_dict(strategy),
             recorder=recorder.state_dict(),
             rng=rng_state(),

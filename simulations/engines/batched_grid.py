@@ -92,7 +92,8 @@ class BatchedGrid(InProcessGrid):
         for message in trains:  # stamped first: a reply records the id it replies to
             message.metadata.__dict__["_message_id"] = str(uuid4())
             message.metadata.__dict__["_run_id"] = self._run.run_id
-        replies = self._train(trains)
+        with one_torch_thread():  # preparing and replying too: small copies, as the ClientApp
+            replies = self._train(trains)
         if replies is None:  # fell back: the ClientApp trains them
             ids.update(zip(map(id, trains), super().push_messages(trains), strict=True))
         else:

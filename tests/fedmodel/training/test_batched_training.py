@@ -171,3 +171,81 @@ def test_models_that_cannot_be_batched_are_named():
             [CohortMember(dataset=_datasets((3,), sizes=(5,))[0], initial_state={}, seed=0)],
             settings=TrainingSettings(epochs=1, batch_size=2, learning_rate=0.1, dp=False),
         )
+
+
+CNN_VARIANTS = {
+    "default": ((1, 8, 8), {}),
+    "hw-input-tanh-avg-k5-no-norm": (
+        (8, 8),
+        {"activation": "tanh", "pooling": "avg", "kernel_size": 5, "normalization": "none"},
+    ),
+    "rgb-three-blocks": ((3, 8, 8), {"conv_channels": (4, 8, 8)}),
+}
+
+
+@pytest.mark.parametrize("variant", list(CNN_VARIANTS))
+def test_cnn_layer_by_layer_gradients_equal_train_locally(float64, variant):
+    """Under DP a CNN's per-example gradients come layer by layer (_LayerChain), not vmap."""
+    from fedmodel.models.settings import ModelSettings
+    from fedmodel.training.batched_training import _CohortStep
+
+    shape, options = CNN_VARIANTS[variant]
+    torch.manual_seed(2)
+    model = build_model(
+        "cnn",
+        input_shape=shape,
+        num_classes=10,
+        settings=ModelSettings(hidden_sizes=(16,), **options),
+    )
+    settings = TrainingSettings(
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.3,
+        momentum=0.9,
+        dp=True,
+        noise_multiplier=0.7,
+        max_grad_norm=0.05,  # most examples clipped
+    )
+    assert _CohortStep(model, settings=settings, device=torch.device("cpu"), compiled=False).chain
+    sequential, cohort = _both(model, _datasets(shape), settings)
+    for (expected, expected_ledger), (got, got_ledger) in zip(sequential, cohort, strict=True):
+        assert got.steps == expected.steps
+        for key, value in expected.state_dict.items():
+            torch.testing.assert_close(got.state_dict[key], value, rtol=0, atol=1e-12)
+        assert got.mean_loss == pytest.approx(expected.mean_loss, rel=1e-12)
+        assert got_ledger.history == expected_ledger.history
+
+
+def test_only_known_conv_chains_take_the_layer_path():
+    from fedmodel.training.batched_training import _LayerChain
+
+    cnn = build_model("cnn", input_shape=(1, 8, 8), num_classes=10)
+    names = [n for n, _ in cnn.named_parameters()]
+    assert _LayerChain.of(cnn, names) is not None
+    mlp = build_model("mlp", input_shape=(64,), num_classes=10)  # vmap: results unchanged
+    assert _LayerChain.of(mlp, [n for n, _ in mlp.named_parameters()]) is None
+    cnn.features[0] = nn.Conv2d(1, 16, 3, padding=1, dilation=1, groups=1, padding_mode="reflect")
+    assert _LayerChain.of(cnn, names) is None  # a conv it would compute differently
+
+
+def test_a_group_norm_over_single_values_is_refused_as_by_vmap(float64):
+    """The vmap path raises on it (a batch of one); so does the layer path (the Grid falls back)."""
+    from fedmodel.models.settings import ModelSettings
+
+    model = build_model(
+        "cnn",
+        input_shape=(3, 6, 6),
+        num_classes=10,
+        settings=ModelSettings(hidden_sizes=(16,), conv_channels=(4, 8, 8)),
+    )
+    settings = TrainingSettings(
+        epochs=1, batch_size=8, learning_rate=0.1, dp=True, noise_multiplier=0.0
+    )
+    members = [
+        CohortMember(
+            dataset=d, initial_state=model.state_dict(), seed=1, ledger=PrivacyLedger(delta=1e-5)
+        )
+        for d in _datasets((3, 6, 6))
+    ]
+    with pytest.raises(ValueError, match="one value per"):
+        train_cohort(model, members, settings=settings)
