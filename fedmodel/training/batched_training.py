@@ -407,9 +407,9 @@ class _CohortStep:
         count, width = mask.shape
         if self.chain is not None:
             pieces, losses = self.chain.backprops(params, self.buffers, x, y, eb)
-            norms = self.chain.norms(pieces)
+            norms, materialised = self.chain.norms(pieces)
             factor = (clip[:, None] / (norms + _CLIP_EPSILON)).clamp(max=1.0) * mask
-            grads = self.chain.clipped_sums(pieces, factor)
+            grads = self.chain.clipped_sums(pieces, materialised, factor)
         else:
             per_example, losses = self._call(params, x, y, eb)
             # Opacus: the norm of the per-parameter norms, then min(1, c / (norm + 1e-6)).
@@ -431,6 +431,11 @@ class _CohortStep:
                 ]
                 grads[n] = grads[n] + torch.stack(noise)
         return grads, (losses * mask).sum(dim=1)
+
+
+# A parameterised layer after the backward pass: its name, the module, the gradient of its
+# output and what its per-example gradients are computed from (unfolded or plain input).
+_Piece = tuple[str, nn.Module, Tensor, Tensor]
 
 
 class _LayerChain:
@@ -489,14 +494,14 @@ class _LayerChain:
         x: Tensor,
         y: Tensor,
         eb: Tensor,
-    ) -> tuple[list[tuple[str, nn.Module, Tensor, Tensor | None]], Tensor]:
+    ) -> tuple[list[_Piece], Tensor]:
         """Each parameterised layer's (name, module, output gradient, saved input) and
         each example's loss divided by its client's ``B_e``, shape ``(K, W)``."""
         count, width = y.shape
         a = x.reshape(count * width, *x.shape[2:])
         if self.unsqueeze and a.dim() == 3:  # CNN.forward: (N, H, W) gets a channel
             a = a.unsqueeze(1)
-        saved: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
+        saved: list[tuple[str, nn.Module, Tensor]] = []
         outputs: list[Tensor] = []
         for name, module in self.layers:
             if isinstance(module, nn.Conv2d):
@@ -525,7 +530,7 @@ class _LayerChain:
                     a = out.transpose(0, 1).reshape(
                         count * width, module.out_channels, height, side
                     )
-                    saved.append((name, module, columns, None))
+                    saved.append((name, module, columns))
                 else:  # the first layer: unfolded once, for its output and its gradients
                     unfolded = nn.functional.unfold(
                         a, module.kernel_size, padding=module.padding, stride=module.stride
@@ -536,14 +541,14 @@ class _LayerChain:
                     if bias is not None:
                         out = out + bias[:, None, :, None]
                     a = out.reshape(count * width, module.out_channels, height, side)
-                    saved.append((name, module, columns.detach(), None))
+                    saved.append((name, module, columns.detach()))
             elif isinstance(module, nn.Linear):
                 inputs = a.reshape(count, width, -1)
                 out = torch.matmul(inputs, params[f"{name}.weight"].transpose(1, 2))
                 if module.bias is not None:
                     out = out + params[f"{name}.bias"][:, None, :]
                 a = out.reshape(count * width, -1)
-                saved.append((name, module, inputs.detach(), None))
+                saved.append((name, module, inputs.detach()))
             elif isinstance(module, nn.GroupNorm):
                 if module.num_channels // module.num_groups * math.prod(a.shape[2:]) == 1:
                     # One value per group: the vmap path (a batch of one) refuses it here.
@@ -560,7 +565,7 @@ class _LayerChain:
                 scaled = scaled + params[f"{name}.bias"].reshape(shape[0], 1, *shape[2:])
                 a = scaled.reshape(count * width, *a.shape[1:])
                 kept = normalised.detach().reshape(count, width, *a.shape[1:])
-                saved.append((name, module, kept, None))
+                saved.append((name, module, kept))
             else:
                 a = module(a)
                 continue
@@ -572,7 +577,7 @@ class _LayerChain:
         gradients = torch.autograd.grad(losses.sum(), outputs)
         pieces = [
             (name, module, gradient, kept)
-            for (name, module, kept, _), gradient in zip(saved, gradients, strict=True)
+            for (name, module, kept), gradient in zip(saved, gradients, strict=True)
         ]
         return pieces, losses.detach()
 
@@ -591,12 +596,12 @@ class _LayerChain:
         dims = tuple(range(3, g.dim()))
         return {"weight": (g * kept).sum(dim=dims), "bias": g.sum(dim=dims)}
 
-    def norms(self, pieces: list[tuple[str, nn.Module, Tensor, Tensor | None]]) -> Tensor:
-        """Each example's gradient norm over every parameter, shape ``(K, W)``."""
+    def norms(self, pieces: list[_Piece]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Each example's gradient norm over every parameter, shape ``(K, W)``, and the
+        per-example gradients it materialised (convs, GroupNorm) for :meth:`clipped_sums`."""
         squares = []
-        self._materialised: dict[str, Tensor] = {}
+        materialised: dict[str, Tensor] = {}
         for name, module, gradient, kept in pieces:
-            assert kept is not None
             count, width = kept.shape[0], kept.shape[1]
             if isinstance(module, nn.Linear):
                 g = gradient.reshape(count, width, -1)
@@ -606,17 +611,17 @@ class _LayerChain:
                     squares.append(g2)
                 continue
             for part, value in self._per_example(module, gradient, kept, count, width).items():
-                self._materialised[f"{name}.{part}"] = value
+                materialised[f"{name}.{part}"] = value
                 squares.append(value.reshape(count, width, -1).square().sum(dim=2))
-        return torch.stack(squares, dim=-1).sum(dim=-1).sqrt()
+        return torch.stack(squares, dim=-1).sum(dim=-1).sqrt(), materialised
 
+    @staticmethod
     def clipped_sums(
-        self, pieces: list[tuple[str, nn.Module, Tensor, Tensor | None]], factor: Tensor
+        pieces: list[_Piece], materialised: dict[str, Tensor], factor: Tensor
     ) -> dict[str, Tensor]:
         """Each client's sum of its examples' gradients times ``factor`` (K, W)."""
         grads: dict[str, Tensor] = {}
         for name, module, gradient, kept in pieces:
-            assert kept is not None
             count, width = factor.shape
             if isinstance(module, nn.Linear):
                 g = gradient.reshape(count, width, -1) * factor[:, :, None]
@@ -626,9 +631,9 @@ class _LayerChain:
                 continue
             for part in ("weight", "bias"):
                 key = f"{name}.{part}"
-                if key not in self._materialised:
+                if key not in materialised:
                     continue
-                value = self._materialised.pop(key)
+                value = materialised[key]
                 summed = torch.einsum("kw,kw...->k...", factor, value)
                 grads[key] = summed.reshape(count, *getattr(module, part).shape)
         return grads
@@ -646,7 +651,9 @@ def _supported(module: nn.Module) -> bool:
         )
     if isinstance(module, nn.Flatten):
         return type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1
-    return type(module) in (nn.Linear, nn.GroupNorm) or type(module) in (
+    return type(module) in (
+        nn.Linear,
+        nn.GroupNorm,
         nn.ReLU,
         nn.Tanh,
         nn.MaxPool2d,
