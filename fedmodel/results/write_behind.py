@@ -61,11 +61,6 @@ class WriteBehind:
             raise RuntimeError("the write-behind thread is closed")
         self._jobs.put(job)
 
-    def flush(self) -> None:
-        """Wait until every queued write is done; raise if one failed."""
-        self._jobs.join()
-        self._raise_failure()
-
     def close(self) -> None:
         """Flush, then end the thread; raise if a write failed."""
         if not self._closed:
@@ -135,11 +130,4 @@ def write_later(job: Job) -> None:
         writer.submit(job)
 
 
-def flush_writes() -> None:
-    """Wait for the writes handed over so far (none outside :func:`write_behind`)."""
-    writer = _ACTIVE.get()
-    if writer is not None:
-        writer.flush()
-
-
-__all__ = ["WriteBehind", "WriteBehindError", "flush_writes", "write_behind", "write_later"]
+__all__ = ["WriteBehind", "WriteBehindError", "write_behind", "write_later"]

@@ -24,7 +24,6 @@ from fedmodel.results.checkpoint import (
 )
 from fedmodel.results.write_behind import (
     WriteBehindError,
-    flush_writes,
     write_behind,
     write_later,
 )
@@ -56,7 +55,6 @@ def test_outside_a_block_a_write_happens_at_once():
     done = []
     write_later(lambda: done.append(threading.current_thread().name))
     assert done == [threading.current_thread().name]
-    flush_writes()  # nothing to wait for
 
 
 def test_a_failed_write_stops_the_later_ones_and_raises_in_the_run():
@@ -70,7 +68,6 @@ def test_a_failed_write_stops_the_later_ones_and_raises_in_the_run():
             write_later(lambda: done.append(1))
             write_later(fail)
             write_later(lambda: done.append(3))  # after the failure: not written
-            flush_writes()
     assert done == [1]
 
 
