@@ -25,9 +25,7 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any
 
 import torch
 
-from fedmodel.atomic_files import write_atomically
+from fedmodel.atomic_files import write_all_atomically, write_atomically
 from fedmodel.config import ConfigError, RunConfig
 from fedmodel.privacy.ledger import ACCOUNTANT_NAMES
 from fedmodel.results.privacy_report import privacy_markdown
@@ -170,7 +168,7 @@ class RunFolder:
         finally:
             pending, self._pending = self._pending, None
             if pending:
-                write_later(functools.partial(_write_all_atomically, pending))
+                write_later(functools.partial(write_all_atomically, pending))
 
     def _write(self, path: Path, data: str | bytes) -> None:
         """Write ``path`` atomically: now, or in the run's write-behind thread, in order.
@@ -221,51 +219,6 @@ class RunFolder:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
         text = json.dumps(ledger, indent=2) + "\n"
         self._write(self.path / "privacy" / f"{safe}.json", text)
-
-
-def _write_all_atomically(files: dict[Path, str | bytes]) -> None:
-    """:func:`write_atomically` for many files, one fsync per folder for the renames.
-
-    Why not ``write_atomically`` per file: its folder fsync, once per file, was most of
-    a large round's run-folder time. Every file's bytes are fsynced before any rename,
-    then the renames, then each folder once: after it returns all are durable.
-    """
-    temporary: list[tuple[str, Path]] = []
-    renamed = 0
-
-    def write(path: Path, data: str | bytes) -> None:
-        payload = data.encode("utf-8") if isinstance(data, str) else data
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as tmp:
-            temporary.append((tmp.name, path))  # list.append is atomic under the GIL
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-
-    try:
-        if len(files) > 2:  # fsyncs in flight together share the journal's commits
-            with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
-                for future in [pool.submit(write, path, data) for path, data in files.items()]:
-                    future.result()  # the first failure raises, after all have finished
-        else:
-            for path, data in files.items():
-                write(path, data)
-        order = {path: i for i, path in enumerate(files)}
-        temporary.sort(key=lambda entry: order[entry[1]])  # renamed in the order written
-        for name, path in temporary:
-            os.replace(name, path)
-            renamed += 1
-    finally:
-        for name, _ in temporary[renamed:]:  # a write failed: leave no temporary file
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-    for folder in {path.parent for path in files}:
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:

@@ -216,16 +216,83 @@ def test_cnn_layer_by_layer_gradients_equal_train_locally(float64, variant):
         assert got_ledger.history == expected_ledger.history
 
 
-def test_only_known_conv_chains_take_the_layer_path():
+MLP_VARIANTS = {
+    "two-hidden-tanh": ((8, 8), {"hidden_sizes": (16, 12), "activation": "tanh"}),
+    "linear": ((3, 4, 4), {"hidden_sizes": ()}),
+}
+
+
+@pytest.mark.parametrize("variant", list(MLP_VARIANTS))
+def test_mlp_layer_by_layer_gradients_equal_train_locally(float64, variant):
+    """The MLP's per-example gradients are never materialised (ghost norms), yet exact."""
+    from fedmodel.models.mlp import MLP
+    from fedmodel.training.batched_training import _CohortStep
+
+    shape, options = MLP_VARIANTS[variant]
+    torch.manual_seed(3)
+    model = MLP(input_shape=shape, num_classes=10, **options)
+    settings = TrainingSettings(
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.3,
+        momentum=0.9,
+        dp=True,
+        noise_multiplier=0.7,
+        max_grad_norm=0.05,  # most examples clipped
+    )
+    assert _CohortStep(model, settings=settings, device=torch.device("cpu"), compiled=False).chain
+    sequential, cohort = _both(model, _datasets(shape), settings)
+    for (expected, expected_ledger), (got, got_ledger) in zip(sequential, cohort, strict=True):
+        for key, value in expected.state_dict.items():
+            torch.testing.assert_close(got.state_dict[key], value, rtol=0, atol=1e-12)
+        assert got.mean_loss == pytest.approx(expected.mean_loss, rel=1e-12)
+        assert got_ledger.history == expected_ledger.history
+
+
+class _OwnForward(nn.Module):
+    """A user's model: its forward is its own, so the layer path cannot assume it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.layers(x) * 2
+
+
+def test_only_known_chains_take_the_layer_path():
     from fedmodel.training.batched_training import _LayerChain
 
+    def names(model):
+        return [n for n, _ in model.named_parameters()]
+
     cnn = build_model("cnn", input_shape=(1, 8, 8), num_classes=10)
-    names = [n for n, _ in cnn.named_parameters()]
-    assert _LayerChain.of(cnn, names) is not None
-    mlp = build_model("mlp", input_shape=(64,), num_classes=10)  # vmap: results unchanged
-    assert _LayerChain.of(mlp, [n for n, _ in mlp.named_parameters()]) is None
+    assert _LayerChain.of(cnn, names(cnn)) is not None
+    mlp = build_model("mlp", input_shape=(64,), num_classes=10)
+    assert _LayerChain.of(mlp, names(mlp)) is not None
+    assert _LayerChain.of(_OwnForward(), names(_OwnForward())) is None  # vmap
     cnn.features[0] = nn.Conv2d(1, 16, 3, padding=1, dilation=1, groups=1, padding_mode="reflect")
-    assert _LayerChain.of(cnn, names) is None  # a conv it would compute differently
+    assert _LayerChain.of(cnn, names(cnn)) is None  # a conv it would compute differently
+
+
+@pytest.mark.parametrize(("dp", "sigma"), [(True, 0.0), (True, 1.3)], ids=["dp-sigma0", "dp"])
+def test_a_model_with_its_own_forward_takes_vmap_and_equals_train_locally(float64, dp, sigma):
+    torch.manual_seed(4)
+    model = _OwnForward()
+    settings = TrainingSettings(
+        epochs=1,
+        batch_size=8,
+        learning_rate=0.3,
+        momentum=0.9,
+        dp=dp,
+        noise_multiplier=sigma,
+        max_grad_norm=0.5,
+    )
+    sequential, cohort = _both(model, _datasets((64,)), settings)
+    for (expected, expected_ledger), (got, got_ledger) in zip(sequential, cohort, strict=True):
+        for key, value in expected.state_dict.items():
+            torch.testing.assert_close(got.state_dict[key], value, rtol=0, atol=1e-12)
+        assert got_ledger.history == expected_ledger.history
 
 
 def test_a_group_norm_over_single_values_is_refused_as_by_vmap(float64):
