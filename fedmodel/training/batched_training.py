@@ -127,6 +127,12 @@ def unbatchable_reason(model: nn.Module) -> str | None:
     return None
 
 
+def layer_by_layer(model: nn.Module) -> bool:
+    """Whether DP training of ``model`` gets its per-example gradients layer by layer
+    (:class:`_LayerChain`: the built-in CNN and MLP) rather than by ``vmap``."""
+    return _LayerChain.of(model, [name for name, _ in model.named_parameters()]) is not None
+
+
 def cohort_chunk_size(
     model: nn.Module, *, settings: TrainingSettings, input_numel: int, memory_mb: float
 ) -> int:

@@ -293,12 +293,14 @@ def evaluate(
     model: nn.Module,
     dataset: Dataset,
     *,
-    batch_size: int = 1024,
+    batch_size: int = 256,
     device: torch.device | None = None,
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` (a plain, unwrapped module).
 
-    With ``device``, ``model`` is moved there (in place) and the batches follow it.
+    With ``device``, ``model`` is moved there (in place) and the batches follow it. The
+    default batch of 256 keeps a conv net's activations in the CPU's cache: the MNIST
+    CNN's 10,000 test images took ~1.0-1.2 s at 256 and ~1.7-1.9 s at 1,024 (2 cores).
     """
     if device is not None:
         model.to(device)

@@ -13,14 +13,19 @@ with the reason printed once (:func:`batching_obstacle`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedmodel.config import RunConfig
 from simulations.engines.result import SimulationResult
 
-# Above this expected batch size a conv model is compute-bound and vmap's grouped
-# convolutions lose to the sequential loop (MNIST CNN B = 60: 0.6-0.96x, issue 13);
-# at B = 10 batched wins (simulations/benchmarks/batched.py, RESULTS.md).
+if TYPE_CHECKING:
+    from torch import nn
+
+# Above this batch size a conv model is compute-bound and vmap's grouped convolutions
+# lose to the sequential loop (MNIST CNN B = 60: 0.6-0.96x, issue 13). Under DP the
+# built-in models take the layer-by-layer path instead, faster at every batch size
+# measured (MNIST CNN B = 10 / 60 / 250: 1.5x / 1.1x / 1.45x with one thread,
+# simulations/benchmarks/batched.py, RESULTS.md): the limit applies only to vmap.
 AUTO_MAX_CONV_BATCH = 32
 
 
@@ -66,26 +71,37 @@ def batching_obstacle(config: RunConfig, *, noise_source: str, workers: int) -> 
 def choose_engine(config: RunConfig, *, noise_source: str, workers: int) -> tuple[str, str]:
     """``(engine, reason)`` for ``engine = "auto"``: ``"batched"`` where it is faster.
 
-    Batched wins where per-step overhead dominates: small models, small batches. A
-    conv model at an expected batch size above :data:`AUTO_MAX_CONV_BATCH` is
-    compute-bound, so it stays sequential.
+    Batched wins where per-step overhead dominates (small models, small batches) and,
+    under DP, for the built-in models at any batch size (per-example gradients layer
+    by layer). A conv model trained through ``vmap`` (without DP, or a model with its
+    own ``forward``) at a batch size above :data:`AUTO_MAX_CONV_BATCH` is compute-bound,
+    so it stays sequential.
     """
+    from torch import nn
+
+    from fedmodel.training.batched_training import layer_by_layer
+
     obstacle = batching_obstacle(config, noise_source=noise_source, workers=workers)
     if obstacle is not None:
         return "inprocess", f"sequential in-process engine ({obstacle})"
-    convolutions = _conv_layers(config)
-    if convolutions is None:
+    model = _model(config)
+    if model is None:
         return "inprocess", (
             "sequential in-process engine (custom data: the model is known only after the "
             "clients describe their data)"
         )
-    if convolutions and config.batch_size > AUTO_MAX_CONV_BATCH:
+    convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    by_layer = config.dp and layer_by_layer(model)
+    if convolutions and not by_layer and config.batch_size > AUTO_MAX_CONV_BATCH:
         return "inprocess", (
-            f"sequential in-process engine (a conv model at batch-size {config.batch_size} > "
-            f"{AUTO_MAX_CONV_BATCH} is compute-bound: batching is slower)"
+            f"sequential in-process engine (a conv model through vmap at batch-size "
+            f"{config.batch_size} > {AUTO_MAX_CONV_BATCH} is compute-bound: batching is slower)"
         )
     kind = "conv model" if convolutions else "no conv layers"
-    return "batched", f"batched engine ({kind}, batch-size {config.batch_size}: faster batched)"
+    route = ", per-example gradients layer by layer" if by_layer else ""
+    return "batched", (
+        f"batched engine ({kind}{route}, batch-size {config.batch_size}: faster batched)"
+    )
 
 
 def simulate_batched(
@@ -128,30 +144,17 @@ def simulate_batched(
     )
 
 
-def _conv_layers(config: RunConfig) -> int | None:
-    """How many conv layers the run's model has (None: not known before the run)."""
-    from torch import nn
-
+def _model(config: RunConfig) -> nn.Module | None:
+    """The run's model as the clients build it (None: not known before the run)."""
     from fedmodel.data import DATASETS, data_shape
-    from fedmodel.models import build_model
+    from fedmodel.models import build_model, model_settings
 
     if DATASETS.get(config.dataset).own_data:
         return None
     input_shape, num_classes = data_shape(config)
-    try:
-        from fedmodel.models import model_settings  # type: ignore[attr-defined]
-
-        model = build_model(
-            config.model,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            settings=model_settings(config),
-        )
-    except ImportError:  # before model settings landed
-        model = build_model(
-            config.model,
-            input_shape=input_shape,
-            num_classes=num_classes,
-            hidden_sizes=config.hidden_layer_sizes,
-        )
-    return sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return build_model(
+        config.model,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        settings=model_settings(config),
+    )

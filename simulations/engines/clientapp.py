@@ -25,8 +25,15 @@ def one_torch_thread() -> Iterator[None]:
     slower with two threads on two busy cores). Workers use one thread too, so results
     are bit-identical with and without them.
     """
+    with torch_threads(TORCH_THREADS):
+        yield
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the setting."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

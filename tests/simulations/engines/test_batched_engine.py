@@ -144,10 +144,13 @@ def test_obstacles_name_the_setting():
     assert "byzantine" in batching_obstacle(byzantine, noise_source="seeded", workers=0)
 
 
-def test_auto_picks_batched_for_small_models_and_not_for_a_cnn_at_batch_60():
+def test_auto_picks_batched_except_for_a_cnn_through_vmap_at_batch_60():
     small = RunConfig.from_mapping({"model": "mlp", "batch-size": 10})
     assert choose_engine(small, noise_source="seeded", workers=0)[0] == "batched"
-    cnn = RunConfig.from_mapping({"model": "cnn", "batch-size": 60})
+    dp_cnn = RunConfig.from_mapping({"model": "cnn", "batch-size": 60, "dp": True})
+    engine, reason = choose_engine(dp_cnn, noise_source="seeded", workers=0)
+    assert engine == "batched" and "layer by layer" in reason  # faster at B = 60 too
+    cnn = RunConfig.from_mapping({"model": "cnn", "batch-size": 60, "dp": False})
     engine, reason = choose_engine(cnn, noise_source="seeded", workers=0)
     assert engine == "inprocess" and "compute-bound" in reason
     secure = choose_engine(small, noise_source="secure", workers=0)
