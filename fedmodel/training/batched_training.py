@@ -29,13 +29,14 @@ agree with :func:`train_locally` to floating-point rounding (1e-12 in float64, s
 ``tests/fedmodel/training/test_batched_training.py``), not bit for bit: summation order
 inside batched kernels differs.
 
-Under DP the built-in models (:class:`~fedmodel.models.cnn.CNN`,
-:class:`~fedmodel.models.mlp.MLP`) take another route to the same per-example
-gradients: one forward and one backward pass of the whole cohort, then each layer's
-per-example gradients from its inputs and output gradients, as Opacus's hooks do
+The built-in models (:class:`~fedmodel.models.cnn.CNN`, :class:`~fedmodel.models.mlp.
+MLP`) take another route to the same gradients: one forward and one backward pass of the
+whole cohort, then each layer's per-example gradients (under DP) or each client's batch
+gradient from its inputs and output gradients, as Opacus's hooks do
 (:class:`_LayerChain`; for the MNIST CNN at B = 10 1.6-1.9x less CPU than
-``vmap(grad)``, for the digits MLP at K = 100 about 3x less). Other models (a user's
-own ``forward``) and compiled steps keep ``vmap``.
+``vmap(grad)``, for the digits MLP at K = 100 about 3x less; and no ``torch.func.grad``,
+whose first call imports ``torch._dynamo``, ~1 s). Other models (a user's own
+``forward``) and compiled steps keep ``vmap``.
 
 Secure noise (ChaCha20, ``noise_source = "secure"``) is not drawn here: the caller uses
 :func:`train_locally` for it.
@@ -128,8 +129,8 @@ def unbatchable_reason(model: nn.Module) -> str | None:
 
 
 def layer_by_layer(model: nn.Module) -> bool:
-    """Whether DP training of ``model`` gets its per-example gradients layer by layer
-    (:class:`_LayerChain`: the built-in CNN and MLP) rather than by ``vmap``."""
+    """Whether ``model``'s gradients (per example under DP) come layer by layer
+    (:class:`_LayerChain`: the built-in CNN and MLP) rather than from ``vmap``."""
     return _LayerChain.of(model, [name for name, _ in model.named_parameters()]) is not None
 
 
@@ -265,7 +266,8 @@ class _CohortStep:
         self.step = step
         self.compiled = compiled
         # Under DP, conv nets' per-example gradients layer by layer (see _LayerChain).
-        self.chain = _LayerChain.of(model, self.names) if settings.dp and not compiled else None
+        # The built-in models' gradients layer by layer (see _LayerChain), with DP or not.
+        self.chain = _LayerChain.of(model, self.names) if not compiled else None
         template.train()
 
     def _call(self, *args: Any) -> Any:
@@ -350,6 +352,10 @@ class _CohortStep:
                     stds,
                     [noise_generators[k] for k in active],
                 )
+            elif self.chain is not None:  # each client's batch gradient: no clipping
+                pieces, losses = self.chain.backprops(current, self.buffers, x, y, eb)
+                grads = self.chain.clipped_sums(pieces, self.chain.materialise(pieces), mask)
+                value = (losses * mask).sum(dim=1)
             else:
                 grads, value = self._call(current, x, y, mask, eb)
             # As train_locally: the step's loss (divided by B_e) times B_e, in Python floats.
@@ -611,23 +617,33 @@ class _LayerChain:
         dims = tuple(range(3, g.dim()))
         return {"weight": (g * kept).sum(dim=dims), "bias": g.sum(dim=dims)}
 
-    def norms(self, pieces: list[_Piece]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Each example's gradient norm over every parameter, shape ``(K, W)``, and the
-        per-example gradients it materialised (convs, GroupNorm) for :meth:`clipped_sums`."""
-        squares = []
+    def materialise(self, pieces: list[_Piece]) -> dict[str, Tensor]:
+        """The per-example gradients of the convs and GroupNorms (not of Linear layers),
+        ``(K, W, ...)``, for :meth:`norms` and :meth:`clipped_sums`."""
         materialised: dict[str, Tensor] = {}
         for name, module, gradient, kept in pieces:
-            count, width = kept.shape[0], kept.shape[1]
+            if not isinstance(module, nn.Linear):
+                count, width = kept.shape[0], kept.shape[1]
+                for part, value in self._per_example(module, gradient, kept, count, width).items():
+                    materialised[f"{name}.{part}"] = value
+        return materialised
+
+    def norms(self, pieces: list[_Piece]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Each example's gradient norm over every parameter, shape ``(K, W)``, and the
+        per-example gradients it materialised (:meth:`materialise`)."""
+        squares = []
+        for _, module, gradient, kept in pieces:
             if isinstance(module, nn.Linear):
+                count, width = kept.shape[0], kept.shape[1]
                 g = gradient.reshape(count, width, -1)
                 g2 = g.square().sum(dim=2)
                 squares.append(g2 * kept.square().sum(dim=2))
                 if module.bias is not None:
                     squares.append(g2)
-                continue
-            for part, value in self._per_example(module, gradient, kept, count, width).items():
-                materialised[f"{name}.{part}"] = value
-                squares.append(value.reshape(count, width, -1).square().sum(dim=2))
+        materialised = self.materialise(pieces)
+        for value in materialised.values():
+            count, width = value.shape[0], value.shape[1]
+            squares.append(value.reshape(count, width, -1).square().sum(dim=2))
         return torch.stack(squares, dim=-1).sum(dim=-1).sqrt(), materialised
 
     @staticmethod
