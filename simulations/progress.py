@@ -105,7 +105,7 @@ class RoundProgress:
         self._lock = threading.RLock()
         self._visible = False
         self._rounds: list[RoundMetrics] = []
-        self._seen_mtime = 0.0
+        self._seen: tuple[int, int, int] | None = None  # metrics.json's inode, size, mtime
         self._started = 0.0
         self._stop = threading.Event()
         self._restore: list[Callable[[], object]] = []
@@ -182,13 +182,16 @@ class RoundProgress:
     def _refresh(self) -> None:
         """Re-read ``metrics.json`` when it changed (the server rewrites it every round)."""
         try:
-            mtime = (self.run_dir / "metrics.json").stat().st_mtime
+            stat = (self.run_dir / "metrics.json").stat()
         except OSError:
             return
-        if mtime != self._seen_mtime:
+        # Not the mtime alone: two rewrites within one clock tick of the filesystem (a few
+        # ms) share it; each atomic rewrite is a new file, and the file grows every round.
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if seen != self._seen:
             try:
                 self._rounds = load_metrics(self.run_dir)
-                self._seen_mtime = mtime
+                self._seen = seen
             except (OSError, ValueError, TypeError):
                 pass  # caught mid-write on a filesystem without atomic rename: next time
 
