@@ -128,6 +128,11 @@ def unbatchable_reason(model: nn.Module) -> str | None:
     return None
 
 
+def has_conv(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution (its cohort's step is compute-bound)."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def layer_by_layer(model: nn.Module) -> bool:
     """Whether ``model``'s gradients (per example under DP) come layer by layer
     (:class:`_LayerChain`: the built-in CNN and MLP) rather than from ``vmap``."""

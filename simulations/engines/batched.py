@@ -77,9 +77,7 @@ def choose_engine(config: RunConfig, *, noise_source: str, workers: int) -> tupl
     own ``forward``) at a batch size above :data:`AUTO_MAX_CONV_BATCH` is compute-bound,
     so it stays sequential.
     """
-    from torch import nn
-
-    from fedmodel.training.batched_training import layer_by_layer
+    from fedmodel.training.batched_training import has_conv, layer_by_layer
 
     obstacle = batching_obstacle(config, noise_source=noise_source, workers=workers)
     if obstacle is not None:
@@ -90,7 +88,7 @@ def choose_engine(config: RunConfig, *, noise_source: str, workers: int) -> tupl
             "sequential in-process engine (custom data: the model is known only after the "
             "clients describe their data)"
         )
-    convolutions = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    convolutions = has_conv(model)
     by_layer = config.dp and layer_by_layer(model)
     if convolutions and not by_layer and config.batch_size > AUTO_MAX_CONV_BATCH:
         return "inprocess", (

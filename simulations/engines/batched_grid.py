@@ -25,7 +25,6 @@ from uuid import uuid4
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
-from torch import nn
 
 from client import client_app as client
 from fedmodel.config import RunConfig
@@ -40,7 +39,12 @@ from fedmodel.records import (
     record_to_state_dict,
 )
 from fedmodel.training import LocalTrainingResult, TrainingSettings
-from fedmodel.training.batched_training import CohortMember, train_cohort, unbatchable_reason
+from fedmodel.training.batched_training import (
+    CohortMember,
+    has_conv,
+    train_cohort,
+    unbatchable_reason,
+)
 from simulations.engines.clientapp import one_torch_thread, torch_threads
 from simulations.engines.inprocess import InProcessGrid
 
@@ -159,7 +163,7 @@ class BatchedGrid(InProcessGrid):
             # A conv cohort's step is large enough for intra-op threads (MNIST CNN, 10
             # clients at B = 10: 1.46x faster with 2 threads than 1; B = 60: 1.65x); an
             # MLP's is not (K = 100: 1.4x slower), and one thread keeps it as it was.
-            threads = self._threads if _has_conv(model) else 1
+            threads = self._threads if has_conv(model) else 1
             with torch_threads(threads):
                 results, timing = train_cohort(
                     model,
@@ -302,10 +306,6 @@ def _reply(item: _Prepared, result: LocalTrainingResult) -> Message:
     )
     content = RecordDict({**records, "metrics": MetricRecord(metrics), "privacy": privacy_record})
     return Message(content=content, reply_to=msg)
-
-
-def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def _run_config(context: Context) -> RunConfig:
