@@ -61,6 +61,7 @@ from fedmodel.privacy.ledger import PrivacyLedger
 from fedmodel.privacy.sampling_plan import sample_rate_for, steps_per_epoch_for
 from fedmodel.training.local_training import LocalTrainingResult, TrainingSettings
 from fedmodel.training.poisson_sampling import PoissonBatchSampler
+from fedmodel.training.tensor_batches import batch_indices
 
 # Opacus's clipping factor min(1, c / (norm + eps)) (opacus/optimizers/optimizer.py).
 _CLIP_EPSILON = 1e-6
@@ -714,19 +715,6 @@ def _tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
     )
 
 
-class _Indices(Dataset):
-    """``0 .. n - 1``: shuffled by torch's DataLoader exactly as the examples would be."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
 def _batches(
     member: CohortMember, num_examples: int, settings: TrainingSettings
 ) -> list[list[int]]:
@@ -749,9 +737,13 @@ def _batches(
         for _ in range(settings.epochs):
             plan += list(sampler)
         return plan
+    # range(n) stands in for the examples: torch's sampler only needs their count.
     loader = DataLoader(
-        _Indices(num_examples), batch_size=settings.batch_size, shuffle=True, generator=generator
+        range(num_examples),  # type: ignore[arg-type]
+        batch_size=settings.batch_size,
+        shuffle=True,
+        generator=generator,
     )
     for _ in range(settings.epochs):
-        plan += [batch.tolist() for batch in loader]
+        plan += batch_indices(loader)
     return plan
