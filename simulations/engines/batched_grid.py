@@ -316,9 +316,7 @@ def _run_config(context: Context) -> RunConfig:
 
 def _template(item: _Prepared) -> Any:
     """The round's model, built as the ClientApp builds it, holding the received weights."""
-    model = client._model_for(item.config, item.message, item.context)
-    model.load_state_dict(item.member.initial_state)
-    return model
+    return client._model_for(item.config, item.message, item.context)
 
 
 def _settings(config: RunConfig, *, noise_multiplier: float) -> TrainingSettings:
