@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -318,7 +319,7 @@ def _view(array: Array) -> np.ndarray | None:
     if parsed is None:
         return None
     dtype, shape = parsed
-    if len(data) - offset != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+    if len(data) - offset != dtype.itemsize * math.prod(shape):
         return None  # truncated or padded: np.load says what is wrong
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
@@ -382,5 +383,31 @@ def _parsed_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]] | None:
 
 
 def serialized_size(content: RecordDict) -> int:
-    """Bytes of ``content`` serialised as Flower sends it (its protobuf ``RecordDict``)."""
-    return recorddict_to_proto(content).ByteSize()
+    """Bytes of ``content`` serialised as Flower sends it (its protobuf ``RecordDict``).
+
+    Exactly ``recorddict_to_proto(content).ByteSize()``, without copying the arrays into
+    a protobuf message on every call (~55 us for the digits MLP's six arrays: the server
+    measures every reply). A ``RecordDict`` message is only its repeated ``items``, so
+    its size is the sum of one-item messages' sizes; an array record's item depends on
+    its key and each array's name, dtype, shape, stype and byte count, never on the
+    bytes themselves, so its size is computed once per such signature.
+    """
+    total = 0
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            signature = tuple(
+                (name, array.dtype, tuple(array.shape), array.stype, len(array.data))
+                for name, array in record.items()
+            )
+            total += _array_item_size(key, signature)
+        else:
+            total += recorddict_to_proto(RecordDict({key: record})).ByteSize()
+    return total
+
+
+@functools.lru_cache(maxsize=256)
+def _array_item_size(key: str, signature: tuple[tuple[Any, ...], ...]) -> int:
+    record = ArrayRecord()
+    for name, dtype, shape, stype, length in signature:
+        record[name] = Array(dtype=dtype, shape=shape, stype=stype, data=bytes(length))
+    return recorddict_to_proto(RecordDict({key: record})).ByteSize()

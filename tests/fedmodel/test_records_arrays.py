@@ -130,3 +130,28 @@ def test_a_state_dict_record_is_the_object_flower_builds():
     assert ours.__dict__.keys() == flowers.__dict__.keys()
     assert {k: a.__dict__ for k, a in ours.items()} == {k: a.__dict__ for k, a in flowers.items()}
     assert ours.object_id == flowers.object_id
+
+
+def test_serialized_size_is_the_protobuf_size():
+    from flwr.app import ConfigRecord
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedmodel.records import serialized_size
+
+    big = ArrayRecord({"w": to_array(np.zeros((300, 200), dtype=np.float32))})  # 2^18 bytes
+    contents = [
+        RecordDict(),
+        RecordDict({"arrays": state_dict_to_record({"a": torch.zeros(3, 4), "b": torch.ones(7)})}),
+        RecordDict(
+            {
+                "arrays": ArrayRecord({f"layer.{i}": to_array(v) for i, v in enumerate(VALUES)}),
+                "metrics": MetricRecord({"num-examples": 10, "loss": 0.5}),
+                "privacy": ConfigRecord({"sigmas": [1.0, 2.0], "accountant": "rdp"}),
+                "big": big,
+            }
+        ),
+        RecordDict({"empty": ArrayRecord(), "a-long-key" * 20: big}),
+    ]
+    for content in contents:
+        assert serialized_size(content) == recorddict_to_proto(content).ByteSize()
+        assert serialized_size(content) == serialized_size(content)  # cached alike
