@@ -58,7 +58,7 @@ from fedmodel.data.sources import (
     check_trainable,
     client_source,
 )
-from fedmodel.models import build_model_holding, model_settings
+from fedmodel.models import build_model, model_settings
 from fedmodel.privacy.client_privacy import ClientPrivacy, PrivacyRequest
 from fedmodel.privacy.delta import check_delta
 from fedmodel.privacy.ledger_store import LedgerError, data_identity
@@ -134,6 +134,7 @@ def train(msg: Message, context: Context) -> Message:
     # Refused here, before any record is read for training, when the policy says no.
     plan = privacy.plan_round(num_examples=len(dataset), server_round=server_round)
     model = _model_for(config, msg, context)
+    model.load_state_dict(record_to_state_dict(msg.content["arrays"]))
     steps_before = privacy.ledger.steps
     result = train_locally(
         model,
@@ -220,6 +221,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         )
     dataset = held_out if held_out is not None else _client_dataset(context, config)
     model = _model_for(config, msg, context)
+    model.load_state_dict(record_to_state_dict(msg.content["arrays"]))
     loss, accuracy = evaluate(model, dataset, device=resolve_device(config.device))
     metrics = MetricRecord(
         {"num-examples": len(dataset), "eval-loss": loss, "eval-accuracy": accuracy}
@@ -370,7 +372,6 @@ def _custom_data(context: Context, config: RunConfig) -> SourceData:
 
 
 def _model_for(config: RunConfig, msg: Message, context: Context):
-    """The round's model, holding the global weights the message carries."""
     if _own_data(config):
         # The server agreed on the model input across clients; it comes with the message.
         federation = record_to_federation(msg.content["config"])
@@ -378,9 +379,8 @@ def _model_for(config: RunConfig, msg: Message, context: Context):
         input_shape, num_classes = federation.input_shape, federation.num_classes
     else:
         input_shape, num_classes = data_shape(config)
-    return build_model_holding(
+    return build_model(
         config.model,
-        record_to_state_dict(msg.content["arrays"]),
         input_shape=input_shape,
         num_classes=num_classes,
         settings=model_settings(config),

@@ -10,10 +10,9 @@ config's ``hidden-sizes``, ``conv-channels``, ``kernel-size``, ``pooling``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import torch
 from torch import nn
 
 from fedmodel.models.cnn import CNN, build_cnn, build_cnn_fedavg
@@ -75,43 +74,6 @@ def build_model(
     return prepare_for_dp(model, name=name, dp=settings.dp, fix=settings.fix_model)
 
 
-def build_model_holding(
-    name: str,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    settings: ModelSettings,
-) -> nn.Module:
-    """``build_model(...)`` then ``load_state_dict(state_dict)``, without first drawing
-    the initial weights that ``state_dict`` replaces.
-
-    A client builds the round's model and loads the received weights into it: drawing
-    random initial values first was ~45% of building the digits MLP (~0.2 ms of
-    ~0.44 ms, every client, every round). A registered model is built on PyTorch's meta
-    device (no storage, no initialisation), given empty CPU storage, and filled from
-    ``state_dict``, which must then name every parameter and buffer (otherwise, and for
-    a user's factory, whose constructor may keep tensors of its own, the model is built
-    as usual). Torch's global RNG is not drawn from, as ``build_model`` draws from it:
-    every user of it here reseeds first (local training, the server's model).
-    """
-    if not is_factory_path(name):
-        with torch.device("meta"):
-            model = build_model(
-                name, input_shape=input_shape, num_classes=num_classes, settings=settings
-            )
-        names = {key for key, _ in model.named_parameters()} | {
-            key for key, _ in model.named_buffers()
-        }
-        if names == set(model.state_dict()) and names <= set(state_dict):
-            model = model.to_empty(device="cpu")
-            model.load_state_dict(state_dict)
-            return model
-    model = build_model(name, input_shape=input_shape, num_classes=num_classes, settings=settings)
-    model.load_state_dict(state_dict)
-    return model
-
-
 def model_settings(config: RunConfig) -> ModelSettings:
     """The :class:`ModelSettings` of a validated run config (every node builds the same)."""
     return ModelSettings(
@@ -133,6 +95,5 @@ __all__ = [
     "ModelBuilder",
     "ModelSettings",
     "build_model",
-    "build_model_holding",
     "model_settings",
 ]

@@ -316,7 +316,9 @@ def _run_config(context: Context) -> RunConfig:
 
 def _template(item: _Prepared) -> Any:
     """The round's model, built as the ClientApp builds it, holding the received weights."""
-    return client._model_for(item.config, item.message, item.context)
+    model = client._model_for(item.config, item.message, item.context)
+    model.load_state_dict(item.member.initial_state)
+    return model
 
 
 def _settings(config: RunConfig, *, noise_multiplier: float) -> TrainingSettings:

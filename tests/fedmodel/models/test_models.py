@@ -3,13 +3,7 @@ import torch
 from opacus.validators import ModuleValidator
 
 from fedmodel.config import ConfigError, RunConfig
-from fedmodel.models import (
-    MODELS,
-    ModelSettings,
-    build_model,
-    build_model_holding,
-    model_settings,
-)
+from fedmodel.models import MODELS, ModelSettings, build_model, model_settings
 
 CONFIGURED = [
     ModelSettings(hidden_sizes=(32, 16)),
@@ -93,40 +87,3 @@ def test_bad_model_keys_are_refused_naming_key_and_value(key, value, message):
 
 def test_the_run_config_accepts_a_factory_path():
     assert RunConfig(model="my_pkg.models:build").model == "my_pkg.models:build"
-
-
-@pytest.mark.parametrize("name", MODELS.names())
-@pytest.mark.parametrize("dp", [False, True])
-def test_a_model_built_holding_weights_equals_one_built_then_loaded(name, dp):
-    settings = ModelSettings(dp=dp)
-    shape = (1, 28, 28)
-    torch.manual_seed(3)
-    source = build_model(name, input_shape=shape, num_classes=10, settings=settings)
-    weights = {k: v + 0.5 for k, v in source.state_dict().items()}  # unlike any fresh init
-    expected = build_model(name, input_shape=shape, num_classes=10, settings=settings)
-    expected.load_state_dict(weights)
-    rng = torch.get_rng_state()
-    got = build_model_holding(name, weights, input_shape=shape, num_classes=10, settings=settings)
-    assert torch.equal(torch.get_rng_state(), rng)  # no initial weights were drawn
-    assert type(got) is type(expected) and str(got) == str(expected)
-    for (key, a), (other, b) in zip(
-        got.state_dict().items(), expected.state_dict().items(), strict=True
-    ):
-        assert key == other and a.dtype == b.dtype and a.device == b.device
-        assert torch.equal(a, b)
-    x = torch.randn(4, *shape)
-    got.eval(), expected.eval()
-    assert torch.equal(got(x), expected(x))
-
-
-def test_building_holding_weights_refuses_weights_that_do_not_fit():
-    weights = build_model("mlp", input_shape=(64,), num_classes=10).state_dict()
-    missing = {k: v for k, v in weights.items() if not k.endswith("bias")}
-    with pytest.raises(RuntimeError, match="Missing key"):
-        build_model_holding(
-            "mlp", missing, input_shape=(64,), num_classes=10, settings=ModelSettings()
-        )
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        build_model_holding(
-            "mlp", weights, input_shape=(32,), num_classes=10, settings=ModelSettings()
-        )
