@@ -309,3 +309,31 @@ def test_a_group_norm_over_single_values_is_refused_as_by_vmap(float64):
     ]
     with pytest.raises(ValueError, match="one value per"):
         train_cohort(model, members, settings=settings)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("model_name", "shape"), [("mlp", (64,)), ("cnn", (1, 28, 28)), ("linear", (5,))]
+)
+def test_noise_runs_draw_what_one_draw_per_parameter_draws(dtype, model_name, shape):
+    from fedmodel.training.batched_training import _noise_runs
+
+    hidden = None if model_name == "linear" else (64, 64)
+    model = build_model(model_name, input_shape=shape, num_classes=10, hidden_sizes=hidden)
+    model = model.to(dtype)
+    runs = _noise_runs(model, torch.device("cpu"))
+    assert [n for run in runs for n in run] == [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    opacus_way = torch.Generator().manual_seed(11)
+    expected = {
+        n: torch.normal(0, 0.7, size=p.shape, generator=opacus_way) for n, p in params.items()
+    }
+    merged = torch.Generator().manual_seed(11)
+    for run in runs:
+        sizes = [params[n].numel() for n in run]
+        draw = torch.normal(0, 0.7, size=(sum(sizes),), generator=merged)
+        for n, part in zip(run, draw.split(sizes), strict=True):
+            assert torch.equal(part.reshape(params[n].shape), expected[n]), n
+    assert torch.equal(torch.rand(4, generator=merged), torch.rand(4, generator=opacus_way))
+    if model_name == "mlp":  # 64x64, 64, 64x64, 64, 10x64 in one draw; the 10 biases alone
+        assert [len(run) for run in runs] == [5, 1]
