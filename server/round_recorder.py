@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
@@ -78,7 +77,8 @@ class RoundRecorder:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the metrics of every round so far (a checkpoint's part)."""
-        return {"rounds": [asdict(metrics) for metrics in self.folder.rounds]}
+        # Copies of the folder's rows: the checkpoint keeps them as they are now.
+        return {"rounds": [dict(row) for row in self.folder.round_rows()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the rounds in ``state``; load the strategy's state first.

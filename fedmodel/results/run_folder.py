@@ -149,6 +149,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.rounds: list[RoundMetrics] = []
+        self._rendered: dict[int, tuple[RoundMetrics, dict[str, Any], str, str]] = {}
         self._pending: dict[Path, str | bytes] | None = None  # inside batch(): not yet written
 
     @contextlib.contextmanager
@@ -195,13 +196,33 @@ class RunFolder:
         self._write_metrics()
 
     def _write_metrics(self) -> None:
-        rows = [asdict(r) for r in self.rounds]
-        self._write(self.path / "metrics.json", json.dumps(rows, indent=2) + "\n")
+        """``metrics.json`` (``json.dumps(rows, indent=2)``) and ``metrics.csv``, whole.
+
+        Each round's JSON and CSV text is rendered once and kept: re-rendering every
+        round each round made a run's writes grow with the square of its rounds. The
+        files are the same text (tests/fedmodel/results/test_run_folder.py).
+        """
+        rendered = [self._rendered_row(r) for r in self.rounds]
+        self._rendered = dict(zip(map(id, self.rounds), rendered, strict=True))
+        rows = ",\n".join(text for _, _, text, _ in rendered)
+        self._write(self.path / "metrics.json", f"[\n{rows}\n]\n" if rows else "[]\n")
+        self._write(self.path / "metrics.csv", _csv_header() + "".join(r[3] for r in rendered))
+
+    def round_rows(self) -> list[dict[str, Any]]:
+        """``asdict`` of every round so far (shared: copy before changing one)."""
+        return [self._rendered_row(r)[1] for r in self.rounds]
+
+    def _rendered_row(self, metrics: RoundMetrics) -> tuple[RoundMetrics, dict[str, Any], str, str]:
+        """The round as a dict, its entry in metrics.json (indented as a list item) and
+        its CSV line."""
+        kept = self._rendered.get(id(metrics))
+        if kept is not None and kept[0] is metrics:
+            return kept
+        row = asdict(metrics)
+        text = "\n".join("  " + line for line in json.dumps(row, indent=2).splitlines())
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)])
-        writer.writeheader()
-        writer.writerows(rows)
-        self._write(self.path / "metrics.csv", buffer.getvalue())
+        csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)]).writerow(row)
+        return metrics, row, text, buffer.getvalue()
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         buffer = io.BytesIO()
@@ -219,6 +240,13 @@ class RunFolder:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
         text = json.dumps(ledger, indent=2) + "\n"
         self._write(self.path / "privacy" / f"{safe}.json", text)
+
+
+@functools.lru_cache(maxsize=1)
+def _csv_header() -> str:
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)]).writeheader()
+    return buffer.getvalue()
 
 
 def load_metrics(run_dir: str | os.PathLike[str]) -> list[RoundMetrics]:
