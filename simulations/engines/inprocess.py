@@ -17,8 +17,10 @@ and data is loaded per client on demand by the ClientApp through bounded caches.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -124,7 +126,8 @@ def simulate_in_process(
     if not verbose:
         flower_logger.setLevel(logging.WARNING)
     try:
-        server_app(grid, server_context)
+        with _young_objects_only():
+            server_app(grid, server_context)
     finally:
         flower_logger.setLevel(previous_level)
         if pool is not None:
@@ -132,6 +135,25 @@ def simulate_in_process(
         for name in held:
             release(name)
     return SimulationResult(run_dir=run_dir, rounds=load_metrics(run_dir))
+
+
+@contextlib.contextmanager
+def _young_objects_only() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off what existed before the run.
+
+    By the first round the process holds ~300,000 tracked objects (torch, Flower,
+    Opacus, the data), and a full collection walked them all (one took 0.18 s). With
+    ``gc.freeze()`` the batched engine's rounds at 100 clients took 0.155-0.160 s on
+    average instead of 0.180-0.186 s (two alternating pairs of 12-round runs, each after
+    an in-process run in the same process, as the benchmark does); at 10 clients no
+    difference showed. Frozen objects are unfrozen when the run ends, so garbage among
+    them is collected then as before.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class InProcessGrid(Grid):
