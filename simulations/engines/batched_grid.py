@@ -201,6 +201,7 @@ class _Shared:
 
     def __init__(self) -> None:
         self.configs: dict[tuple[Any, ...], RunConfig] = {}
+        self.sorted_configs: dict[int, tuple[Any, tuple[Any, ...]]] = {}  # see config_key
         self.weights: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.datasets: dict[tuple[int, int], Any] = {}
         self._previous: dict[tuple[int, int], Any] = {}
@@ -211,7 +212,7 @@ class _Shared:
 
     def dataset(self, context: Context, config: RunConfig) -> Any:
         """The node's training data, as the ClientApp loads it (once per node and config)."""
-        key = (context.node_id, id(self.configs.get(_config_key(context))))
+        key = (context.node_id, id(self.configs.get(self.config_key(context))))
         if key not in self.datasets:
             found = self._previous.get(key)
             self.datasets[key] = (
@@ -220,20 +221,25 @@ class _Shared:
         return self.datasets[key]
 
     def run_config(self, context: Context) -> RunConfig:
-        key = _config_key(context)
+        key = self.config_key(context)
         if key not in self.configs:
             self.configs[key] = _run_config(context)
         return self.configs[key]
+
+    def config_key(self, context: Context) -> tuple[Any, ...]:
+        """The node's run config and device, sorted once per run-config object (~80 keys)."""
+        run_config = context.run_config
+        kept = self.sorted_configs.get(id(run_config))
+        if kept is None or kept[0] is not run_config:
+            kept = (run_config, tuple(sorted(run_config.items())))
+            self.sorted_configs[id(run_config)] = kept
+        return (kept[1], context.node_config.get("device"))
 
     def initial_state(self, msg: Message) -> dict[str, Any]:
         arrays = msg.content["arrays"]
         if id(arrays) not in self.weights:  # the record is kept too, so its id stays its own
             self.weights[id(arrays)] = (arrays, record_to_state_dict(arrays))
         return self.weights[id(arrays)][1]
-
-
-def _config_key(context: Context) -> tuple[Any, ...]:
-    return (tuple(sorted(context.run_config.items())), context.node_config.get("device"))
 
 
 def _prepare(msg: Message, context: Context, shared: _Shared) -> _Prepared:

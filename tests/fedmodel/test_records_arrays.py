@@ -155,3 +155,27 @@ def test_serialized_size_is_the_protobuf_size():
     for content in contents:
         assert serialized_size(content) == recorddict_to_proto(content).ByteSize()
         assert serialized_size(content) == serialized_size(content)  # cached alike
+
+
+def test_serialized_size_of_metric_and_config_records_follows_their_values():
+    from flwr.app import ConfigRecord
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedmodel.records import serialized_size
+
+    configs = [
+        {"n": 1, "s": "é", "f": 0.0, "b": False, "y": b"", "l": []},
+        {"n": 300, "s": "éé", "f": -0.0, "b": True, "y": b"xy", "l": [True]},
+        {"n": -(2**40), "s": "", "f": 1e300, "b": True, "y": b"x" * 200, "l": [1, 2**62]},
+        {"n": 2**64 - 1, "s": "a" * 300, "f": float("nan"), "b": False, "y": b"", "l": ["a", ""]},
+        {"n": 0, "s": "x", "f": 2.5, "b": False, "y": b"", "l": [0.5, 1.5, 2.5]},
+        {"n": 0, "s": "x", "f": 2.5, "b": False, "y": b"", "l": [b"", b"abc"]},
+    ]
+    metrics = [{"a": 1, "b": 0.5}, {"a": 10**12, "b": 0.0}, {"a": [1, 2], "b": [0.5]}, {"a": []}]
+    for _ in range(2):  # computed, then read back from the cache
+        for values in configs:
+            content = RecordDict({"config": ConfigRecord(values)})
+            assert serialized_size(content) == recorddict_to_proto(content).ByteSize(), values
+        for values in metrics:
+            content = RecordDict({"metrics": MetricRecord(values)})
+            assert serialized_size(content) == recorddict_to_proto(content).ByteSize(), values
