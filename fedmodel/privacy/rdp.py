@@ -4,10 +4,9 @@ The Rényi DP of one step of DP-SGD at order α is ``log(A_α) / (α - 1)`` (Mir
 Talwar and Zhang 2019, "Rényi Differential Privacy of the Sampled Gaussian Mechanism",
 https://arxiv.org/abs/1908.10530, Section 3.3), where ``A_α`` is a series in ``q`` and
 ``σ``. Opacus (``opacus.accountants.analysis.rdp.compute_rdp``) sums it term by term
-with a scalar SciPy call (``binom``, ``log_ndtr``) per term: ~0.25 s per (σ, q) at
-this project's 163 orders. Noise calibration tries a new σ at every bisection step
-(~12 of them), so a run with a target ε waited ~3 s before its first step, and an
-experiment grid paid ~0.25 s for each client sampling rate of each noise multiplier.
+with a scalar SciPy call (``binom``, ``log_ndtr``) per term: 0.13-0.25 s per (σ, q) at
+this project's 163 orders on the development machine. Every new σ a noise calibration
+tries, and every (σ, client sampling rate) of an experiment grid, pays it once.
 
 Why by hand: no library offers the same numbers faster (Google's ``dp_accounting`` sums
 the same series in the same scalar way). Here the terms are computed a block at a
@@ -16,7 +15,9 @@ scalar calls) and the same float64 operations in the same order; only the
 order-dependent log-space sum stays a Python loop, with ``math`` functions exactly as
 Opacus's ``_log_add`` / ``_log_sub``. So :func:`rdp_of_one_step` returns Opacus's
 array bit for bit (``tests/fedmodel/privacy/test_rdp.py`` compares them with
-``np.array_equal`` over a grid of σ, q and every order), ~25x faster.
+``np.array_equal`` over a grid of σ, q and every order). Measured: 77 (σ, q) pairs
+(σ 0.3-40, q 1e-4-0.999) in 2.0 s against Opacus's 6.5 s (3.3x); the default job's
+calibration (4 σ tried) in 0.07-0.08 s against 0.23-0.25 s.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def _sum_in_order(total: float, terms: np.ndarray, signs: np.ndarray | None) -> 
     """``total`` then each term added (``_log_add``), or subtracted where its sign is < 0
     (``_log_sub``), in order.
 
-    Opacus's ``_log_add`` and ``_log_sub`` inlined: this loop is most of the time (~60,000
-    terms for the orders 1.1 to 10.9 at σ = 1, q = 1/3, half of them subtracted), and a
-    call per term doubled it.
+    Opacus's ``_log_add`` and ``_log_sub`` inlined: this loop is most of the time
+    (~64,000 terms for the orders 1.1 to 10.9 at σ = 1, q = 1/3, 44% of them
+    subtracted), and two function calls per term cost more than their arithmetic.
     """
     exp, expm1, log, log1p, inf = math.exp, math.expm1, math.log, math.log1p, math.inf
     positive = [True] * len(terms) if signs is None else (signs > 0).tolist()
