@@ -11,7 +11,10 @@ FedAvg in Flower's order weighted as the ClientApp reports (examples; under DP t
 public ceil(N / B) * B), and the same central evaluation on the test set after each
 round. With the same seed both end with the same weights: the table shows the largest
 difference as a check that the work is the same, and the run fails (exit 1) if they
-differ.
+differ. The bare loop is written as a user would write it with PyTorch: batches from a
+``DataLoader``, ``torch.manual_seed`` per client, one model reused. The harness takes the
+same batches by indexing the dataset's tensors (``fedmodel/training/tensor_batches.py``)
+and seeds only the CPU generator, which costs less per step and gives the same numbers.
 
 Measured, per workload, in this one process (alternating harness and bare runs):
 
