@@ -4,10 +4,11 @@ Why by hand: a ``DataLoader`` fetches a batch one ``dataset[i]`` at a time and s
 the pieces (``default_collate``): an epoch of a digits client (144 examples, B = 64)
 took 855 us shuffled and 614 us Poisson-sampled, against 76 and 95 us indexed; in a
 profile of the digits job that fetching was 20% of a round without DP, 12% with it.
-Indexing the dataset's tensors with the batch's indices gives the same tensors. The indices are the loader's own (its batch sampler),
-and the one number its iterator draws each epoch (a base seed for workers, from
-``loader.generator`` or torch's global generator) is drawn too, so every random
-stream is consumed exactly as by ``for batch in loader``
+Indexing the dataset's tensors with the batch's indices gives the same tensors. The
+indices are the loader's own (its batch sampler), and the one number its iterator draws
+each epoch (a base seed for workers, from ``loader.generator`` or torch's global
+generator) is drawn too, so every random stream is consumed exactly as by
+``for batch in loader``
 (``tests/fedmodel/training/test_tensor_batches.py`` checks batch for batch).
 """
 
