@@ -55,13 +55,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from fedmodel.privacy.ledger import PrivacyLedger
 from fedmodel.privacy.sampling_plan import sample_rate_for, steps_per_epoch_for
 from fedmodel.training.local_training import LocalTrainingResult, TrainingSettings
 from fedmodel.training.poisson_sampling import PoissonBatchSampler
-from fedmodel.training.tensor_batches import batch_indices
+from fedmodel.training.tensor_batches import batch_indices, is_plain_tensor_dataset
 
 # Opacus's clipping factor min(1, c / (norm + eps)) (opacus/optimizers/optimizer.py).
 _CLIP_EPSILON = 1e-6
@@ -744,9 +744,10 @@ def _out_size(size: int, conv: nn.Conv2d, dim: int) -> int:
 
 
 def _tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` of every example (a ``TensorDataset``'s own tensors, else stacked)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
-        x, y = dataset.tensors
+    """``(x, y)`` of every example: a plain ``TensorDataset``'s own tensors, else each
+    example fetched and stacked."""
+    if is_plain_tensor_dataset(dataset) and len(dataset.tensors) == 2:  # type: ignore[attr-defined]
+        x, y = dataset.tensors  # type: ignore[attr-defined]
         return x, y
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     return (

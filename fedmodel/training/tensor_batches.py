@@ -23,6 +23,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 
+def is_plain_tensor_dataset(dataset: object) -> bool:
+    """Whether ``dataset[i]`` is its tensors' row ``i`` (a ``TensorDataset`` whose
+    subclass, if any, does not fetch examples its own way, e.g. with a transform)."""
+    return (
+        isinstance(dataset, TensorDataset)
+        and type(dataset).__getitem__ is TensorDataset.__getitem__
+    )
+
+
 def batch_indices(loader: DataLoader) -> Iterator[list[int]]:
     """The index lists one pass over ``loader`` fetches, its random draws included."""
     if loader.batch_sampler is None:
@@ -37,7 +46,8 @@ def loader_batches(loader: DataLoader) -> Iterator[Any]:
     """What one pass over ``loader`` yields; a TensorDataset's batches by indexing.
 
     The fast path is taken for a single-process loader, without pinned memory, of a
-    ``TensorDataset`` collated by torch's ``default_collate`` (or Opacus's empty-batch
+    plain ``TensorDataset`` (:func:`is_plain_tensor_dataset`) collated by torch's
+    ``default_collate`` (or Opacus's empty-batch
     wrapper of it); any other loader is iterated as it is.
     """
     dataset, collate = loader.dataset, loader.collate_fn
@@ -46,7 +56,7 @@ def loader_batches(loader: DataLoader) -> Iterator[Any]:
         # shapes and dtypes, as indexing with no indices does (unless it fills them).
         collate = None if collate.rand_on_empty else collate.wrapped_collator_fn
     if (
-        not isinstance(dataset, TensorDataset)
+        not is_plain_tensor_dataset(dataset)
         or collate is not default_collate
         or loader.batch_sampler is None
         or loader.num_workers

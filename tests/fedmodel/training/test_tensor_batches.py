@@ -84,3 +84,25 @@ def test_other_loaders_are_iterated_as_they_are():
 def test_a_loader_that_does_not_batch_is_refused():
     with pytest.raises(ValueError, match="does not batch"):
         list(batch_indices(DataLoader(_dataset(), batch_size=None)))
+
+
+class _Doubled(TensorDataset):
+    """A TensorDataset subclass that fetches its examples its own way."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return 2 * x, y
+
+
+def test_a_subclass_with_its_own_fetching_is_iterated_as_it_is():
+    from fedmodel.training.batched_training import _tensors
+    from fedmodel.training.tensor_batches import is_plain_tensor_dataset
+
+    plain = _dataset()
+    doubled = _Doubled(*plain.tensors)
+    assert is_plain_tensor_dataset(plain) and not is_plain_tensor_dataset(doubled)
+    loader = DataLoader(doubled, batch_size=8)
+    _same_batches(loader_batches(loader), loader)
+    assert torch.equal(next(iter(loader_batches(loader)))[0], 2 * plain.tensors[0][:8])
+    x, y = _tensors(doubled)  # the batched engine reads examples as the loader would
+    assert torch.equal(x, 2 * plain.tensors[0]) and torch.equal(y, plain.tensors[1])
