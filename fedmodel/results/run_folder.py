@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -149,7 +149,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.rounds: list[RoundMetrics] = []
-        self._rendered: dict[int, tuple[RoundMetrics, dict[str, Any], str, str]] = {}
+        self._rendered: dict[int, _RenderedRound] = {}  # by id(metrics): see _write_metrics
         self._pending: dict[Path, str | bytes] | None = None  # inside batch(): not yet written
 
     @contextlib.contextmanager
@@ -204,25 +204,25 @@ class RunFolder:
         """
         rendered = [self._rendered_row(r) for r in self.rounds]
         self._rendered = dict(zip(map(id, self.rounds), rendered, strict=True))
-        rows = ",\n".join(text for _, _, text, _ in rendered)
+        rows = ",\n".join(r.json_entry for r in rendered)
         self._write(self.path / "metrics.json", f"[\n{rows}\n]\n" if rows else "[]\n")
-        self._write(self.path / "metrics.csv", _csv_header() + "".join(r[3] for r in rendered))
+        self._write(
+            self.path / "metrics.csv", _csv_header() + "".join(r.csv_line for r in rendered)
+        )
 
     def round_rows(self) -> list[dict[str, Any]]:
         """``asdict`` of every round so far (shared: copy before changing one)."""
-        return [self._rendered_row(r)[1] for r in self.rounds]
+        return [self._rendered_row(r).row for r in self.rounds]
 
-    def _rendered_row(self, metrics: RoundMetrics) -> tuple[RoundMetrics, dict[str, Any], str, str]:
-        """The round as a dict, its entry in metrics.json (indented as a list item) and
-        its CSV line."""
+    def _rendered_row(self, metrics: RoundMetrics) -> _RenderedRound:
         kept = self._rendered.get(id(metrics))
-        if kept is not None and kept[0] is metrics:
+        if kept is not None and kept.metrics is metrics:
             return kept
         row = asdict(metrics)
         text = "\n".join("  " + line for line in json.dumps(row, indent=2).splitlines())
         buffer = io.StringIO()
-        csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)]).writerow(row)
-        return metrics, row, text, buffer.getvalue()
+        csv.DictWriter(buffer, fieldnames=_CSV_FIELDS).writerow(row)
+        return _RenderedRound(metrics, row, text, buffer.getvalue())
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         buffer = io.BytesIO()
@@ -242,10 +242,23 @@ class RunFolder:
         self._write(self.path / "privacy" / f"{safe}.json", text)
 
 
+class _RenderedRound(NamedTuple):
+    """A round as ``asdict`` gives it, its metrics.json entry (indented as a list item)
+    and its metrics.csv line."""
+
+    metrics: RoundMetrics
+    row: dict[str, Any]
+    json_entry: str
+    csv_line: str
+
+
+_CSV_FIELDS = [f.name for f in fields(RoundMetrics)]
+
+
 @functools.lru_cache(maxsize=1)
 def _csv_header() -> str:
     buffer = io.StringIO()
-    csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RoundMetrics)]).writeheader()
+    csv.DictWriter(buffer, fieldnames=_CSV_FIELDS).writeheader()
     return buffer.getvalue()
 
 
