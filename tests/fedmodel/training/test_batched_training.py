@@ -63,6 +63,20 @@ def _both(model, datasets, settings):
     return sequential, list(zip(results, [m.ledger for m in members], strict=True))
 
 
+def _settings(*, dp: bool, sigma: float, **extra) -> TrainingSettings:
+    """B = 8, lr 0.3, momentum 0.9, clip 0.5: the equality tests' shared settings."""
+    return TrainingSettings(
+        epochs=1,
+        batch_size=8,
+        learning_rate=0.3,
+        momentum=0.9,
+        dp=dp,
+        noise_multiplier=sigma,
+        max_grad_norm=0.5,
+        **extra,
+    )
+
+
 @pytest.mark.parametrize(
     ("model_name", "shape"), [("mlp", (64,)), ("cnn", (1, 8, 8))], ids=["mlp", "cnn"]
 )
@@ -72,16 +86,7 @@ def _both(model, datasets, settings):
 def test_cohort_equals_train_locally_client_by_client(float64, model_name, shape, dp, sigma):
     torch.manual_seed(0)
     model = build_model(model_name, input_shape=shape, num_classes=10, hidden_sizes=(16,))
-    settings = TrainingSettings(
-        epochs=1,
-        batch_size=8,
-        learning_rate=0.3,
-        momentum=0.9,
-        dp=dp,
-        noise_multiplier=sigma,
-        max_grad_norm=0.5,
-        proximal_mu=0.1,
-    )
+    settings = _settings(dp=dp, sigma=sigma, proximal_mu=0.1)
     sequential, cohort = _both(model, _datasets(shape), settings)
     for (expected, expected_ledger), (got, got_ledger) in zip(sequential, cohort, strict=True):
         assert got.steps == expected.steps and got.num_examples == expected.num_examples
@@ -271,15 +276,7 @@ def test_only_known_chains_take_the_layer_path():
 def test_a_model_with_its_own_forward_takes_vmap_and_equals_train_locally(float64, dp, sigma):
     torch.manual_seed(4)
     model = _OwnForward()
-    settings = TrainingSettings(
-        epochs=1,
-        batch_size=8,
-        learning_rate=0.3,
-        momentum=0.9,
-        dp=dp,
-        noise_multiplier=sigma,
-        max_grad_norm=0.5,
-    )
+    settings = _settings(dp=dp, sigma=sigma)
     sequential, cohort = _both(model, _datasets((64,)), settings)
     for (expected, expected_ledger), (got, got_ledger) in zip(sequential, cohort, strict=True):
         for key, value in expected.state_dict.items():
