@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.recorddict import _SyncedDict
 from flwr.common.serde import recorddict_to_proto
 
 from fedmodel.compression import CompressedTensor, CompressedUpdate
@@ -282,13 +283,18 @@ def to_array(value: torch.Tensor | np.ndarray) -> Array:
     array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
     if array.dtype.hasobject or array.dtype.fields is not None or not array.flags.c_contiguous:
         return Array(np.asarray(array))
-    header = _npy_header(array.dtype.str, array.shape)
-    return Array(
-        dtype=str(array.dtype),
-        shape=tuple(array.shape),
+    dtype_name, header = _npy_header(array.dtype, array.shape)
+    # The object Array(dtype=, shape=, stype=, data=) builds, its fields in its order
+    # (tests compare whole objects): its argument checks cost ~6 of ~7 us a call.
+    built = Array.__new__(Array)
+    built.__dict__.update(
+        _is_dirty=True,
+        dtype=dtype_name,
+        shape=array.shape,
         stype="numpy.ndarray",
         data=header + array.tobytes(),
     )
+    return built
 
 
 def to_numpy(array: Array) -> np.ndarray:
@@ -342,12 +348,45 @@ class DecodedArray(Array):
         return Array.numpy(self) if view is None else view.copy()
 
 
-def decode_fast(content: RecordDict) -> RecordDict:
-    """Make every array of ``content``'s ArrayRecords a :class:`DecodedArray`, in place.
+class DecodedRecordDict(RecordDict):
+    """Flower's :class:`~flwr.app.RecordDict`, same records, whose views are cheap.
 
-    Nothing else changes (same objects, fields, bytes); for the in-process engines'
-    replies, which never leave the process.
+    ``array_records``, ``metric_records`` and ``config_records`` return what Flower's
+    return - a ``_SyncedDict`` holding the records of that type, in order, whose
+    changes go back into this RecordDict - but without writing every record back into
+    this RecordDict through two type checks first (a view: ~4 us instead of ~17).
+    Flower's FedAvg and the reply checks take ~8 views of every reply: 800 a round of
+    100 clients. Like :class:`DecodedArray`, only for replies that stay in this process.
     """
+
+    def _view(self, kind: type) -> Any:
+        view = _SyncedDict(self, kind)
+        view.__dict__["_data"].update(
+            (key, record) for key, record in self.items() if isinstance(record, kind)
+        )
+        return view
+
+    @property
+    def array_records(self) -> Any:  # type: ignore[override]
+        return self._view(ArrayRecord)
+
+    @property
+    def metric_records(self) -> Any:  # type: ignore[override]
+        return self._view(MetricRecord)
+
+    @property
+    def config_records(self) -> Any:  # type: ignore[override]
+        return self._view(ConfigRecord)
+
+
+def decode_fast(content: RecordDict) -> RecordDict:
+    """Make ``content`` a :class:`DecodedRecordDict` and its arrays :class:`DecodedArray` objects.
+
+    In place; nothing else changes (same objects, fields, bytes). For the in-process
+    engines' replies, which never leave the process.
+    """
+    if type(content) is RecordDict:
+        content.__class__ = DecodedRecordDict
     for record in content.array_records.values():
         for array in record.values():
             if type(array) is Array:
@@ -356,12 +395,12 @@ def decode_fast(content: RecordDict) -> RecordDict:
 
 
 @functools.lru_cache(maxsize=1024)
-def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[str, bytes]:
+    """``str(dtype)`` (~3 us a call) and the ``.npy`` header ``np.save`` writes."""
     buffer = io.BytesIO()
-    np.save(buffer, np.zeros(shape, dtype=np.dtype(dtype)), allow_pickle=False)
-    return buffer.getvalue()[
-        : -np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) or None
-    ]
+    np.save(buffer, np.zeros(shape, dtype=dtype), allow_pickle=False)
+    size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    return str(dtype), buffer.getvalue()[: -size or None]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -179,3 +179,35 @@ def test_serialized_size_of_metric_and_config_records_follows_their_values():
         for values in metrics:
             content = RecordDict({"metrics": MetricRecord(values)})
             assert serialized_size(content) == recorddict_to_proto(content).ByteSize(), values
+
+
+def test_a_decoded_record_dicts_views_are_flowers_views():
+    """Same records in the same order, and a change through a view reaches the RecordDict."""
+    from flwr.app import ConfigRecord
+
+    from fedmodel.records import DecodedRecordDict, decode_fast
+
+    def content():
+        return RecordDict(
+            {
+                "metrics": MetricRecord({"num-examples": 3}),
+                "arrays": ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))}),
+                "privacy": ConfigRecord({"client": "a"}),
+                "more-metrics": MetricRecord({"steps": 2}),
+            }
+        )
+
+    plain, fast = content(), decode_fast(content())
+    assert type(fast) is DecodedRecordDict
+    for view in ("array_records", "metric_records", "config_records"):
+        ours, flowers = getattr(fast, view), getattr(plain, view)
+        assert type(ours) is type(flowers)
+        assert list(ours) == list(flowers)
+        assert all(ours[key] is fast[key] for key in ours)
+    fast.metric_records["new"] = MetricRecord({"x": 1})
+    assert fast["new"] == MetricRecord({"x": 1})
+    with pytest.raises(TypeError):
+        fast.metric_records["bad"] = ConfigRecord({"x": 1})
+    del fast.config_records["privacy"]
+    assert "privacy" not in fast
+    assert list(fast) == ["metrics", "arrays", "more-metrics", "new"]
