@@ -90,10 +90,11 @@ def write_state_file(path: str | os.PathLike[str], kind: str, state: Mapping[str
     state : mapping
         Plain Python values, numpy arrays and tensors.
     """
-    snapshot = _snapshot(state)
+    data = _state_file_bytes(kind, _snapshot(state))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # Pickled and written now, or by the run's write-behind thread, in order.
-    write_later(lambda: write_atomically(path, _state_file_bytes(kind, snapshot)))
+    # Written now, or by the run's write-behind thread, in order. Pickled here: see
+    # fedmodel.results.write_behind (work holding the GIL there stalls the run).
+    write_later(lambda: write_atomically(path, data))
 
 
 def _snapshot(state: Mapping[str, Any]) -> Any:
@@ -392,10 +393,9 @@ def save_client_states(
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     state = {"round": server_round, "nodes": {int(k): dict(v) for k, v in nodes.items()}}
-    snapshot = _snapshot(state)  # now: the nodes go on changing
+    data = _state_file_bytes("clients", _snapshot(state))  # now: see write_state_file
 
     def write() -> None:  # in order with the other writes (fedmodel.results.write_behind)
-        data = _state_file_bytes("clients", snapshot)
         if (folder / CLIENTS_FILE).exists():
             os.replace(folder / CLIENTS_FILE, folder / PREVIOUS_CLIENTS_FILE)
         write_atomically(folder / CLIENTS_FILE, data)
