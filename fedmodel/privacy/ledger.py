@@ -132,12 +132,27 @@ def epsilon_of(
     if any(sigma == 0 for sigma, _, _ in entries):
         return math.inf
     if accountant == "rdp":
-        return _rdp_epsilon(tuple(entries), delta=delta)
+        return _rdp_epsilon(_merged(entries), delta=delta)
     if accountant not in ACCOUNTANT_NAMES:
         raise ValueError(f"unknown accountant {accountant!r}")
     composed = create_accountant(mechanism=accountant)
     composed.history = entries
     return float(composed.get_epsilon(delta=delta))
+
+
+def _merged(entries: list[tuple[float, float, int]]) -> tuple[tuple[float, float, int], ...]:
+    """Consecutive entries of equal (σ, q) as one, as Opacus's accountant keeps its history.
+
+    So a round's plan (the history so far plus the round's entry) and the ledger after
+    the round (Opacus merged them) are one cache entry of :func:`_rdp_epsilon`, not two.
+    """
+    merged: list[tuple[float, float, int]] = []
+    for sigma, q, steps in entries:
+        if merged and merged[-1][:2] == (sigma, q):
+            merged[-1] = (sigma, q, merged[-1][2] + steps)
+        else:
+            merged.append((sigma, q, steps))
+    return tuple(merged)
 
 
 @functools.lru_cache(maxsize=4096)
