@@ -68,9 +68,12 @@ def test_cached_rdp_epsilon_equals_opacus_get_epsilon_bit_for_bit():
         ledger = PrivacyLedger(accountant="rdp", delta=1e-5)
         reference = RDPAccountant()
         planned: list[tuple[float, float, int]] = []  # one entry a round, as a plan lists them
-        for _ in range(rng.randint(2, 4)):
-            sigma = rng.choice([0.7, 1.0]) if planned else 1.0
-            rate = rng.choice([0.02, 1 / 7]) if planned else 1 / 7
+        for _ in range(rng.randint(3, 5)):
+            if planned and rng.random() < 0.5:  # the same (σ, q) again, as rounds go
+                sigma, rate, _ = planned[-1]
+            else:
+                sigma = rng.choice([0.7, 1.0, 1.5])
+                rate = rng.choice([0.02, 1 / 7, 0.5, 1.0])
             steps = rng.randint(1, 40)
             ledger.record(noise_multiplier=sigma, sample_rate=rate, steps=steps)
             planned.append((sigma, rate, steps))
@@ -81,6 +84,25 @@ def test_cached_rdp_epsilon_equals_opacus_get_epsilon_bit_for_bit():
             expected = reference.get_epsilon(delta=1e-5, alphas=list(RDP_ORDERS))
             assert ledger.epsilon() == expected
             assert epsilon_of(planned, delta=1e-5, accountant="rdp") == expected
+
+
+@pytest.mark.parametrize(
+    "planned",
+    [  # histories whose round-by-round sum of RDP differed from the merged one's in the last bit
+        [(0.7, 1.0, 2), (1.0, 1.0, 36), (1.0, 1.0, 15), (1.0, 0.5, 2)],
+        [(1.5, 0.02, 13), (1.5, 0.02, 2), (1.5, 1 / 7, 17), (1.5, 1 / 7, 19)],
+        [(1.0, 1 / 7, 35), (1.0, 1 / 7, 27), (0.7, 1.0, 14), (0.7, 1.0, 7)],
+    ],
+)
+def test_a_history_listed_round_by_round_gives_opacus_epsilon_exactly(planned):
+    """A round's plan lists the history so far plus its own entry; Opacus's accountant
+    merges consecutive steps of equal (σ, q). Both must give the ε the reply reports."""
+    reference = RDPAccountant()
+    for sigma, rate, steps in planned:
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=rate)
+    expected = reference.get_epsilon(delta=1e-5, alphas=list(RDP_ORDERS))
+    assert epsilon_of(planned, delta=1e-5, accountant="rdp") == expected
 
 
 @pytest.mark.parametrize(
