@@ -399,7 +399,7 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[str, bytes]:
     """``str(dtype)`` (~3 us a call) and the ``.npy`` header ``np.save`` writes."""
     buffer = io.BytesIO()
     np.save(buffer, np.zeros(shape, dtype=dtype), allow_pickle=False)
-    size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    size = dtype.itemsize * math.prod(shape)
     return str(dtype), buffer.getvalue()[: -size or None]
 
 
